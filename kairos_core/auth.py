@@ -1,0 +1,162 @@
+"""JWT authentication for routes with ``auth_required``: HS256 bearer tokens checked with pyjwt.
+
+Header (``verify_header``): surrounding whitespace is ignored; the value must then be exactly
+``<scheme> <token>`` with one space, the scheme ``Bearer`` in any case. No header, an empty one or
+``Bearer`` with nothing after it is "missing bearer token"; another scheme (``Basic ...``) is
+"authorization scheme must be Bearer"; extra spaces or parts are "malformed authorization header".
+
+Token (``verify``), checked in this order, the first failure winning:
+
+1. Larger than 8 KiB (``MAX_TOKEN_BYTES``): "token too large", before any decoding.
+2. Not ASCII, not three base64url segments, a header that is not a JSON object, or a ``crit``
+   extension pyjwt does not implement: "malformed token".
+3. The unverified header's ``alg`` must be exactly ``HS256``; anything else (``none``, ``RS256``,
+   ``ES256``, ``hs256``) is "unsupported algorithm '<alg>'" (the name cut to 32 characters). This
+   closes the ``alg: none`` and RS256-with-HMAC-secret confusion attacks before any key is used.
+4. Signature, HMAC-SHA256 with ``jwt.secret`` (constant-time compare): "invalid signature".
+5. Claims: every name in ``required_claims`` present and not null, else
+   "missing required claim '<name>'"; a present ``iat`` or ``nbf`` later than now + ``leeway_s``
+   is "token not yet valid"; a present ``exp`` at or before now - ``leeway_s`` is
+   "token expired"; with ``jwt.issuer`` set, ``iss`` must be present ("missing required claim
+   'iss'") and equal it ("invalid issuer"); with ``jwt.audience`` set, ``aud`` (a string or a list
+   of strings) must be present and contain it ("invalid audience"). Without ``jwt.issuer`` or
+   ``jwt.audience`` those claims are not checked at all. A non-integer ``exp``/``nbf``/``iat``
+   or a payload that is not a JSON object is "malformed token".
+6. ``sub``, when present, must be a string or an integer ("invalid claim 'sub'");
+   ``Identity.subject`` is ``str(sub)``, or ``None`` without one.
+
+``exp`` is not required unless listed in ``required_claims`` (kairos-rs's jsonwebtoken requires
+it by default; list ``"exp"`` to get that behaviour). Every ``AuthError.reason`` is fixed text or
+a claim/algorithm name, safe to return to the client; it never echoes the token or the secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import jwt
+
+from kairos_core.config.models import JwtConfig
+
+if TYPE_CHECKING:
+    from jwt.types import Options
+
+MAX_TOKEN_BYTES = 8 * 1024
+ALGORITHM = "HS256"
+_SHOWN_NAME_CHARS = 32
+
+
+class AuthError(Exception):
+    """A request failed authentication; ``reason`` is safe to show the client."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a verified token speaks for: ``sub`` as a string (or ``None``) and every claim."""
+
+    subject: str | None
+    claims: Mapping[str, Any]
+
+
+def _shown(name: str) -> str:
+    return name if len(name) <= _SHOWN_NAME_CHARS else f"{name[:_SHOWN_NAME_CHARS]}..."
+
+
+class JwtVerifier:
+    """Verifies HS256 bearer tokens against one ``jwt`` config block; stateless and thread-safe."""
+
+    __slots__ = ("_audience", "_issuer", "_key", "_leeway_s", "_options")
+
+    def __init__(self, config: JwtConfig) -> None:
+        if not config.secret:
+            raise ValueError("jwt.secret must not be empty")
+        self._key = config.secret
+        self._issuer = config.issuer
+        self._audience = config.audience
+        self._leeway_s = config.leeway_s
+        self._options: Options = {
+            "require": list(config.required_claims),
+            "verify_signature": True,
+            "verify_exp": True,
+            "verify_nbf": True,
+            "verify_iat": True,
+            "verify_iss": config.issuer is not None,
+            # pyjwt rejects a token carrying ``aud`` when no audience is configured; don't check
+            "verify_aud": config.audience is not None,
+            "verify_sub": False,  # an integer ``sub`` is accepted; checked in ``_identity``
+            "verify_jti": False,
+        }
+
+    def verify_header(self, authorization: str | None) -> Identity:
+        """Verify the token in an ``Authorization: Bearer <token>`` header value."""
+        value = (authorization or "").strip()
+        if not value:
+            raise AuthError("missing bearer token")
+        parts = value.split(" ")
+        if parts[0].lower() != "bearer":
+            raise AuthError("authorization scheme must be Bearer")
+        if len(parts) == 1:
+            raise AuthError("missing bearer token")
+        if len(parts) != 2 or not parts[1]:
+            raise AuthError("malformed authorization header")
+        return self.verify(parts[1])
+
+    def verify(self, token: str) -> Identity:
+        """Verify a compact JWS token and return its identity; raises :class:`AuthError`."""
+        if len(token) > MAX_TOKEN_BYTES:
+            raise AuthError("token too large")
+        if not token.isascii():
+            raise AuthError("malformed token")
+        self._check_algorithm(token)
+        try:
+            claims = jwt.decode(
+                token,
+                key=self._key,
+                algorithms=[ALGORITHM],
+                options=self._options,
+                issuer=self._issuer,
+                audience=self._audience,
+                leeway=self._leeway_s,
+            )
+        except jwt.InvalidSignatureError:
+            raise AuthError("invalid signature") from None
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise AuthError("token not yet valid") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthError(f"missing required claim '{_shown(exc.claim)}'") from None
+        except jwt.InvalidIssuerError:
+            raise AuthError("invalid issuer") from None
+        except jwt.InvalidAudienceError:
+            raise AuthError("invalid audience") from None
+        except jwt.InvalidTokenError:
+            raise AuthError("malformed token") from None
+        return _identity(claims)
+
+    @staticmethod
+    def _check_algorithm(token: str) -> None:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise AuthError("malformed token") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str):
+            raise AuthError("malformed token")
+        if alg != ALGORITHM:
+            raise AuthError(f"unsupported algorithm {_shown(alg)!r}")
+
+
+def _identity(claims: dict[str, Any]) -> Identity:
+    sub = claims.get("sub")
+    if sub is not None and (isinstance(sub, bool) or not isinstance(sub, str | int)):
+        raise AuthError("invalid claim 'sub'")
+    subject = None if sub is None else str(sub)
+    return Identity(subject=subject, claims=MappingProxyType(claims))

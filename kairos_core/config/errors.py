@@ -1,0 +1,68 @@
+"""Configuration problems: what is wrong, where (JSON path and file line), and how bad.
+
+Every problem the loader or the validator finds is a :class:`ConfigIssue`. Errors stop a config
+from loading; warnings and recommendations are reported and the config still loads (under
+``--strict`` warnings become errors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Severity(StrEnum):
+    """How much a problem matters."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    RECOMMENDATION = "recommendation"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem, located by JSON path (``routers[2].backends[0].port``) and file line."""
+
+    path: str
+    message: str
+    severity: Severity = Severity.ERROR
+    line: int | None = None
+    allowed: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        where = self.path or "$"
+        if self.line is not None:
+            where = f"{where} (line {self.line})"
+        return f"{where}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stable JSON shape used by ``kairos validate --json`` and the admin API."""
+        return {
+            "severity": str(self.severity),
+            "path": self.path or "$",
+            "line": self.line,
+            "message": self.message,
+            "allowed": list(self.allowed),
+        }
+
+
+@dataclass(slots=True)
+class ConfigError(Exception):
+    """The config cannot be used. ``issues`` holds every problem found, errors first."""
+
+    issues: list[ConfigIssue] = field(default_factory=list)
+    source: str = "<config>"
+
+    def __post_init__(self) -> None:
+        Exception.__init__(self, self.summary())
+
+    @property
+    def errors(self) -> list[ConfigIssue]:
+        return [issue for issue in self.issues if issue.severity is Severity.ERROR]
+
+    def summary(self) -> str:
+        errors = self.errors
+        lines = [f"{self.source}: {len(errors)} error(s)"]
+        lines.extend(f"  {issue}" for issue in errors)
+        return "\n".join(lines)

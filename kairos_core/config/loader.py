@@ -1,0 +1,426 @@
+"""Reading config.json: size cap, JSON parsing, ``${VAR}`` expansion, ``_`` keys, unknown keys.
+
+The loader turns text into a validated :class:`GatewayConfig` or a :class:`ConfigError` that
+holds *every* problem found, each with its JSON path and file line. Order of work:
+
+1. the file is refused above ``MAX_CONFIG_BYTES`` (10 MiB) before it is parsed;
+2. JSON syntax errors are reported with their line and column;
+3. keys beginning with ``_`` (``_comment``) are dropped at every level;
+4. string values expand ``${VAR}`` and ``${VAR:-default}``; an unset variable with no default is an
+   error naming the variable (secrets must not silently become empty strings);
+5. keys the schema does not know are warnings with a "did you mean" suggestion (errors when
+   ``strict``);
+6. the models check types, enums and required fields; the semantic rules of
+   :mod:`kairos_core.config.rules` check everything else. Routers are checked one by one, so a
+   broken router does not hide the problems of the others.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+from json_source_map import calculate as json_source_map
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from kairos_core.config.errors import ConfigError, ConfigIssue, Severity
+from kairos_core.config.models import GatewayConfig, Router
+from kairos_core.config.rules import check_config, check_router_alone
+
+MAX_CONFIG_BYTES = 10 * 1024 * 1024
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """A config that loaded: the model, the non-fatal issues, and the document it came from.
+
+    ``document`` is the JSON as written (``${VAR}`` unexpanded, ``_`` keys kept) so that the admin
+    API can persist edits without baking secrets into the file. ``version`` is a short content
+    hash used for ``If-Match``.
+    """
+
+    config: GatewayConfig
+    issues: tuple[ConfigIssue, ...]
+    source: str
+    document: Mapping[str, Any]
+    version: str
+
+
+def format_path(loc: Loc) -> str:
+    """``('routers', 2, 'port')`` → ``routers[2].port``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+class _LineMap:
+    """JSON path → 1-based file line, computed only when an issue needs locating."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._entries: dict[str, Any] | None = None
+
+    def line(self, loc: Loc) -> int | None:
+        if self._entries is None:
+            try:
+                self._entries = json_source_map(self._text)
+            except Exception:  # the map is a nicety; never let it hide the real problem
+                self._entries = {}
+        parts = list(loc)
+        while True:
+            pointer = "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+            entry = self._entries.get(pointer)
+            if entry is not None:
+                start = entry.key_start or entry.value_start
+                return int(start.line) + 1
+            if not parts:
+                return None
+            parts.pop()
+
+
+def load_config(
+    path: str | os.PathLike[str],
+    *,
+    strict: bool = False,
+    environ: Mapping[str, str] | None = None,
+) -> LoadedConfig:
+    """Read and validate a config file. Raises :class:`ConfigError` (also for I/O problems)."""
+    source = os.fspath(path)
+    file = Path(source)
+    try:
+        size = file.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError([_too_big(size)], source=source)
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            [ConfigIssue("", f"cannot read config file: {exc.strerror or exc}")], source=source
+        ) from exc
+    return parse_config(raw, source=source, strict=strict, environ=environ)
+
+
+def parse_config(
+    text: str | bytes,
+    *,
+    source: str = "<config>",
+    strict: bool = False,
+    environ: Mapping[str, str] | None = None,
+) -> LoadedConfig:
+    """Validate config text. Raises :class:`ConfigError` holding every problem found."""
+    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError([_too_big(size)], source=source)
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            issue = ConfigIssue("", f"config is not UTF-8 text (byte {exc.start})")
+            raise ConfigError([issue], source=source) from exc
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        issue = ConfigIssue("", f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno)
+        raise ConfigError([issue], source=source) from exc
+    except ValueError as exc:  # e.g. an integer literal beyond Python's digit limit
+        raise ConfigError([ConfigIssue("", f"invalid JSON: {exc}")], source=source) from exc
+    except RecursionError as exc:
+        raise ConfigError([_too_deep()], source=source) from exc
+    return validate_document(
+        document, source=source, strict=strict, environ=environ, lines=_LineMap(text)
+    )
+
+
+def validate_document(
+    document: Any,
+    *,
+    source: str = "<config>",
+    strict: bool = False,
+    environ: Mapping[str, str] | None = None,
+    lines: _LineMap | None = None,
+) -> LoadedConfig:
+    """Validate an already-parsed JSON document (used by the admin API and the CLI)."""
+    try:
+        return _validate(document, source, strict, environ, lines)
+    except RecursionError as exc:
+        raise ConfigError([_too_deep()], source=source) from exc
+
+
+def _validate(
+    document: Any,
+    source: str,
+    strict: bool,
+    environ: Mapping[str, str] | None,
+    lines: _LineMap | None,
+) -> LoadedConfig:
+    environ = os.environ if environ is None else environ
+    line_map = lines or _LineMap(json.dumps(document, indent=2))
+    issues: list[ConfigIssue] = []
+    if not isinstance(document, dict):
+        issues.append(ConfigIssue("", "the config must be a JSON object"))
+        raise ConfigError(issues, source=source)
+
+    cleaned = _drop_private_keys(document)
+    expanded = _expand_env(cleaned, (), environ, issues)
+    _default_admin_token(expanded, environ)
+    issues.extend(_unknown_keys(GatewayConfig, expanded, ()))
+
+    config: GatewayConfig | None = None
+    try:
+        config = GatewayConfig.model_validate(expanded)
+    except ValidationError as exc:
+        issues.extend(_issues_from_validation(exc, expanded, ()))
+        issues.extend(_check_routers_alone(expanded))
+    if config is not None:
+        issues.extend(check_config(config))
+
+    located = [_locate(issue, line_map, strict) for issue in _dedupe(issues)]
+    located.sort(key=lambda i: (i.severity is not Severity.ERROR, i.line or 0, i.path))
+    if config is None or any(i.severity is Severity.ERROR for i in located):
+        raise ConfigError(located, source=source)
+    version = hashlib.sha256(
+        json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()[:16]
+    return LoadedConfig(config, tuple(located), source, document, version)
+
+
+def _default_admin_token(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """``admin.token`` defaults to ``$KAIROS_ADMIN_TOKEN`` (from the given environment)."""
+    token = environ.get("KAIROS_ADMIN_TOKEN")
+    admin = data.get("admin")
+    if admin is None and token:
+        data["admin"] = {"token": token}
+    elif isinstance(admin, dict) and "token" not in admin:
+        admin["token"] = token or None
+
+
+def _too_deep() -> ConfigIssue:
+    return ConfigIssue("", "the config is nested too deeply")
+
+
+def _too_big(size: int) -> ConfigIssue:
+    return ConfigIssue("", f"config is {size} bytes; the limit is {MAX_CONFIG_BYTES} bytes")
+
+
+def _locate(issue: ConfigIssue, lines: _LineMap, strict: bool) -> ConfigIssue:
+    severity = issue.severity
+    if strict and severity is Severity.WARNING:
+        severity = Severity.ERROR
+    loc = _parse_path(issue.path)
+    line = issue.line if issue.line is not None else lines.line(loc)
+    return ConfigIssue(issue.path, issue.message, severity, line, issue.allowed)
+
+
+def _parse_path(path: str) -> Loc:
+    loc: list[str | int] = []
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path):
+        loc.append(int(index) if index else name)
+    return tuple(loc)
+
+
+def _dedupe(issues: list[ConfigIssue]) -> Iterator[ConfigIssue]:
+    seen: set[tuple[str, str, Severity]] = set()
+    for issue in issues:
+        key = (issue.path, issue.message, issue.severity)
+        if key not in seen:
+            seen.add(key)
+            yield issue
+
+
+def _drop_private_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: _drop_private_keys(v)
+            for k, v in value.items()
+            if not (isinstance(k, str) and k.startswith("_"))
+        }
+    if isinstance(value, list):
+        return [_drop_private_keys(v) for v in value]
+    return value
+
+
+def _expand_env(value: Any, loc: Loc, environ: Mapping[str, str], issues: list[ConfigIssue]) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand_env(v, (*loc, k), environ, issues) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, (*loc, i), environ, issues) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        issues.append(
+            ConfigIssue(
+                format_path(loc),
+                f"environment variable {name} is not set "
+                f"(set it, or give a default with ${{{name}:-default}})",
+            )
+        )
+        return ""
+
+    return _ENV_REF.sub(substitute, value)
+
+
+# --- unknown keys -------------------------------------------------------------------------------
+
+
+def _field_names(model: type[BaseModel]) -> dict[str, Any]:
+    names: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        names[info.alias or name] = info.annotation
+        names.setdefault(name, info.annotation)
+    return names
+
+
+def _models_in(annotation: Any) -> Iterator[tuple[str, type[BaseModel]]]:
+    """Yield (container kind, model) for the models an annotation can hold."""
+    origin = typing.get_origin(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield "one", annotation
+    elif origin in (list, tuple):
+        for arg in typing.get_args(annotation):
+            for _, model in _models_in(arg):
+                yield "list", model
+    elif origin in (Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            yield from _models_in(arg)
+    elif origin is typing.Annotated:
+        yield from _models_in(typing.get_args(annotation)[0])
+
+
+def _unknown_keys(model: type[BaseModel], data: Any, loc: Loc) -> Iterator[ConfigIssue]:
+    if not isinstance(data, dict) or getattr(model, "open_keys", False):
+        return
+    known = _field_names(model)
+    for key, value in data.items():
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
+            message = f"unknown key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+            yield ConfigIssue(format_path((*loc, key)), message, Severity.WARNING)
+            continue
+        nested = list(_models_in(known[key]))
+        if len(nested) != 1:
+            continue
+        kind, sub_model = nested[0]
+        if kind == "list" and isinstance(value, list):
+            for index, item in enumerate(value):
+                yield from _unknown_keys(sub_model, item, (*loc, key, index))
+        elif kind == "one":
+            yield from _unknown_keys(sub_model, value, (*loc, key))
+
+
+# --- pydantic errors → issues ------------------------------------------------------------------
+
+_NOUNS = {
+    "protocol": "protocol",
+    "strategy": "strategy",
+    "load_balancing_strategy": "load-balancing strategy",
+    "window_type": "window type",
+    "provider": "provider",
+    "mode": "mode",
+    "on_redis_error": "policy",
+    "log_format": "format",
+}
+
+
+def _issues_from_validation(exc: ValidationError, data: Any, base: Loc) -> Iterator[ConfigIssue]:
+    for error in exc.errors(include_url=False):
+        loc = (*base, *_data_loc(error["loc"], data))
+        message, allowed = _describe(error, loc)
+        yield ConfigIssue(format_path(loc), message, Severity.ERROR, allowed=allowed)
+
+
+def _data_loc(loc: tuple[str | int, ...], data: Any) -> Loc:
+    """Keep the parts of a pydantic location that index into the document (drop union tags)."""
+    out: list[str | int] = []
+    node = data
+    for part in loc:
+        indexes_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if (isinstance(node, dict) and part in node) or indexes_list:
+            node = node[part]
+            out.append(part)
+        elif (
+            isinstance(node, dict)
+            and isinstance(part, str)
+            and not part.startswith(("function-", "literal[", "tagged-union[", "json-or-python["))
+        ):
+            out.append(part)  # a missing key: name it, the line falls back to its parent
+            break
+    return tuple(out)
+
+
+def _describe(error: ErrorDetails, loc: Loc) -> tuple[str, tuple[str, ...]]:
+    kind = error["type"]
+    value = error.get("input")
+    ctx = error.get("ctx") or {}
+    shown = json.dumps(value) if _jsonable(value) else repr(value)
+    if kind == "missing":
+        return "is required", ()
+    if kind == "literal_error":
+        allowed = tuple(re.findall(r"'([^']*)'", str(ctx.get("expected", ""))))
+        noun = _NOUNS.get(str(loc[-1]) if loc else "", "value")
+        return f"{noun} {shown} is not supported; allowed: {', '.join(allowed)}", allowed
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"must be an integer, got {shown}", ()
+    if kind in ("float_type", "float_parsing"):
+        return f"must be a number, got {shown}", ()
+    if kind in ("bool_type", "bool_parsing"):
+        return f"must be true or false, got {shown}", ()
+    if kind == "string_type":
+        return f"must be a string, got {shown}", ()
+    if kind in ("list_type", "tuple_type"):
+        return f"must be a list, got {shown}", ()
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"must be an object, got {shown}", ()
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        words = {
+            "greater_than_equal": ("at least", "ge"),
+            "greater_than": ("greater than", "gt"),
+            "less_than_equal": ("at most", "le"),
+            "less_than": ("less than", "lt"),
+        }[kind]
+        return f"must be {words[0]} {ctx.get(words[1])}, got {shown}", ()
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"])), ()
+    return f"{error['msg']}, got {shown}", ()
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _check_routers_alone(data: dict[str, Any]) -> Iterator[ConfigIssue]:
+    """When the whole config does not validate, still run the rules on each router that does."""
+    routers = data.get("routers")
+    if not isinstance(routers, list):
+        return
+    for index, item in enumerate(routers):
+        try:
+            router = Router.model_validate(item)
+        except ValidationError:
+            continue  # its structural errors are already reported
+        yield from check_router_alone(router, index)

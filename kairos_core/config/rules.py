@@ -1,0 +1,480 @@
+"""The semantic rules of config.json: everything the models' types alone cannot say.
+
+Each rule yields :class:`ConfigIssue` objects with the JSON path of the offending value; the
+loader adds file lines. kairos-rs's rules come first (JWT secret, paths, methods, backend scheme,
+port, weight, retry limits, duplicate paths, ``..``, auth needs ``jwt``, parameter syntax), then
+Kairos's (unsupported protocols are rejected by the models; ``workers > 1`` needs Redis,
+``ai_policy`` needs two backends, ``fallback_backend_index`` in range, a non-loopback admin listener
+needs a token, transformation regexes compile, ...). Warnings and recommendations follow kairos-rs
+(plain-HTTP backends, many methods, ambiguous patterns, many dynamic routes).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterator, Sequence
+
+from kairos_core.config.errors import ConfigIssue, Severity
+from kairos_core.config.models import (
+    HTTP_METHODS,
+    Backend,
+    CircuitBreakerConfig,
+    GatewayConfig,
+    HeaderTransformation,
+    RateLimitConfig,
+    RequestTransformation,
+    ResponseTransformation,
+    RetryConfig,
+    Router,
+)
+from kairos_core.routing import PathPattern, PatternError, RouteSpec, find_conflicts
+
+MIN_JWT_SECRET_CHARS = 32
+MAX_RETRIES = 10
+MANY_METHODS = 4
+MANY_PARAMS = 3
+MANY_DYNAMIC_ROUTES = 50
+PLACEHOLDER_SECRETS = frozenset(
+    {
+        "please-change-this-secret",
+        "your-secret-key",
+        "changeme",
+        "change-me",
+        "secret",
+        "your-256-bit-secret",
+        "jwt-secret",
+    }
+)
+_PLACEHOLDER_MARKERS = ("change-this", "change_this", "changeme", "your-", "example", "placeholder")
+BACKEND_SCHEMES = ("http", "https", "ws", "wss")
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+E, W, R = Severity.ERROR, Severity.WARNING, Severity.RECOMMENDATION
+
+
+def route_ids(routers: Sequence[Router]) -> list[str]:
+    """The id of each route: its ``name``, else a slug of its external path (``api-users-id``).
+
+    Derived ids that collide get ``-2``, ``-3``... in config order, so ids are stable as long as
+    the order of same-path routes is.
+    """
+    ids: list[str] = []
+    taken = {r.name for r in routers if r.name}
+    seen: dict[str, int] = {}
+    for router in routers:
+        if router.name:
+            ids.append(router.name)
+            continue
+        base = re.sub(r"[^A-Za-z0-9_]+", "-", router.external_path).strip("-").lower() or "root"
+        count = seen.get(base, 0) + 1
+        candidate = base if count == 1 else f"{base}-{count}"
+        while candidate in taken:
+            count += 1
+            candidate = f"{base}-{count}"
+        seen[base] = count
+        taken.add(candidate)
+        ids.append(candidate)
+    return ids
+
+
+def check_config(config: GatewayConfig) -> Iterator[ConfigIssue]:
+    """Every rule, over a config whose shape is valid."""
+    if not config.routers:
+        yield ConfigIssue("routers", "no routers configured: the gateway would not route anything")
+    yield from _check_jwt(config)
+    yield from _check_server(config)
+    if config.rate_limit is not None:
+        yield from _check_rate_limit(config.rate_limit, "rate_limit", config)
+    yield from _check_breaker(config.circuit_breaker, "circuit_breaker")
+    for index, router in enumerate(config.routers):
+        yield from check_router_alone(router, index)
+        yield from _check_router_in_context(router, index, config)
+    yield from _check_route_set(config.routers)
+    yield from _check_transport_security(config.routers)
+
+
+def check_router_alone(router: Router, index: int) -> Iterator[ConfigIssue]:
+    """The rules that need only the router itself (also run when other parts are broken)."""
+    at = f"routers[{index}]"
+    external, problems = _check_pattern(router.external_path, f"{at}.external_path", "External")
+    yield from problems
+    internal, problems = _check_pattern(router.internal_path, f"{at}.internal_path", "Internal")
+    yield from problems
+    if external is not None and internal is not None:
+        for name in internal.param_names:
+            if name not in external.param_names:
+                yield ConfigIssue(
+                    f"{at}.internal_path",
+                    f"uses {{{name}}} but external_path {router.external_path!r} has no such "
+                    f"parameter (it has: {', '.join(external.param_names) or 'none'})",
+                )
+        if len(external.param_names) > MANY_PARAMS:
+            yield ConfigIssue(
+                f"{at}.external_path",
+                f"has many parameters ({len(external.param_names)}); consider a shorter pattern",
+                W,
+            )
+    yield from _check_methods(router, at)
+    yield from _check_backends(router, at)
+    if router.retry is not None:
+        yield from _check_retry(router.retry, f"{at}.retry")
+    if router.circuit_breaker is not None:
+        yield from _check_breaker(router.circuit_breaker, f"{at}.circuit_breaker")
+    if router.request_transformation is not None:
+        yield from _check_request_transform(router.request_transformation, at)
+    if router.response_transformation is not None:
+        yield from _check_response_transform(router.response_transformation, at)
+    if router.ai_policy is not None and router.ai_policy.enabled:
+        count = len(router.effective_backends)
+        if count < 2:
+            yield ConfigIssue(
+                f"{at}.ai_policy",
+                f"AI routing needs at least two backends to choose from; this route has {count}",
+            )
+        fallback = router.ai_policy.fallback_backend_index
+        if fallback is not None and count and fallback >= count:
+            yield ConfigIssue(
+                f"{at}.ai_policy.fallback_backend_index",
+                f"must be between 0 and {count - 1} (the route has {count} backends), "
+                f"got {fallback}",
+            )
+    if router.timeout_ms and router.deadline_ms and router.timeout_ms > router.deadline_ms:
+        yield ConfigIssue(
+            f"{at}.timeout_ms",
+            f"per-try timeout {router.timeout_ms} ms exceeds deadline_ms {router.deadline_ms}",
+            W,
+        )
+    for h, host in enumerate(router.hosts):
+        if not re.fullmatch(r"(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*", host):
+            yield ConfigIssue(
+                f"{at}.hosts[{h}]", f"must be a host name like 'api.example.com', got {host!r}"
+            )
+
+
+def _check_pattern(
+    path: str, where: str, label: str
+) -> tuple[PathPattern | None, list[ConfigIssue]]:
+    if not path.startswith("/"):
+        return None, [ConfigIssue(where, f"{label} path must start with '/', got {path!r}")]
+    if ".." in path:
+        return None, [ConfigIssue(where, f"path traversal ('..') is not allowed, got {path!r}")]
+    try:
+        return PathPattern.parse(path), []
+    except PatternError as exc:
+        return None, [ConfigIssue(where, f"invalid route pattern {path!r}: {exc}")]
+
+
+def _check_methods(router: Router, at: str) -> Iterator[ConfigIssue]:
+    if not router.methods:
+        yield ConfigIssue(f"{at}.methods", "at least one HTTP method must be specified")
+    for m, method in enumerate(router.methods):
+        if method not in HTTP_METHODS:
+            hint = " (methods are upper-case)" if method.upper() in HTTP_METHODS else ""
+            yield ConfigIssue(
+                f"{at}.methods[{m}]",
+                f"invalid HTTP method {method!r}{hint}; allowed: {', '.join(HTTP_METHODS)}",
+                allowed=HTTP_METHODS,
+            )
+    if len(set(router.methods)) > MANY_METHODS:
+        yield ConfigIssue(
+            f"{at}.methods",
+            f"allows many HTTP methods ({len(set(router.methods))}); consider restricting them",
+            W,
+        )
+    if router.protocol == "websocket" and "GET" not in router.methods:
+        yield ConfigIssue(f"{at}.methods", "a websocket route must allow GET for the upgrade", W)
+
+
+def _check_backends(router: Router, at: str) -> Iterator[ConfigIssue]:
+    if router.backends is None:
+        if router.host is None and router.port is None:
+            yield ConfigIssue(at, "needs 'backends' or the legacy 'host' + 'port'")
+            return
+        if router.host is None or router.port is None:
+            missing = "host" if router.host is None else "port"
+            yield ConfigIssue(f"{at}.{missing}", "legacy routes need both 'host' and 'port'")
+            return
+        yield from _check_backend(router.effective_backends[0], at, router.protocol, legacy=True)
+        return
+    if not router.backends:
+        yield ConfigIssue(f"{at}.backends", "at least one backend must be specified")
+    for b, backend in enumerate(router.backends):
+        yield from _check_backend(backend, f"{at}.backends[{b}]", router.protocol)
+    for f, backend in enumerate(router.fallback):
+        yield from _check_backend(backend, f"{at}.fallback[{f}]", router.protocol)
+
+
+def _check_backend(
+    backend: Backend, at: str, protocol: str, legacy: bool = False
+) -> Iterator[ConfigIssue]:
+    allowed = BACKEND_SCHEMES if protocol == "websocket" else ("http", "https")
+    if backend.scheme not in allowed or not backend.host.split("://", 1)[-1].strip("/"):
+        yield ConfigIssue(
+            f"{at}.host",
+            f"backend host must start with {', '.join(s + '://' for s in allowed)} followed by "
+            f"a host name, got {backend.host!r}",
+            allowed=tuple(s + "://" for s in allowed),
+        )
+    elif "/" in backend.host.split("://", 1)[1].rstrip("/"):
+        yield ConfigIssue(
+            f"{at}.host",
+            f"backend host must not contain a path (put it in internal_path), got {backend.host!r}",
+        )
+    if not 1 <= backend.port <= 65535:
+        yield ConfigIssue(f"{at}.port", f"must be between 1 and 65535, got {backend.port}")
+    if not legacy and backend.weight < 1:
+        yield ConfigIssue(f"{at}.weight", f"must be greater than 0, got {backend.weight}")
+    path = backend.health_check_path
+    if path is not None and not path.startswith("/"):
+        yield ConfigIssue(f"{at}.health_check_path", f"must start with '/', got {path!r}")
+
+
+def _check_retry(retry: RetryConfig, at: str) -> Iterator[ConfigIssue]:
+    if retry.max_retries > MAX_RETRIES:
+        yield ConfigIssue(
+            f"{at}.max_retries",
+            f"must be at most {MAX_RETRIES} to prevent excessive delays, got {retry.max_retries}",
+        )
+    if retry.initial_backoff_ms > retry.max_backoff_ms:
+        yield ConfigIssue(
+            f"{at}.initial_backoff_ms",
+            f"cannot be greater than max_backoff_ms ({retry.initial_backoff_ms} > "
+            f"{retry.max_backoff_ms})",
+        )
+    if retry.backoff_multiplier < 1.0:
+        yield ConfigIssue(
+            f"{at}.backoff_multiplier", f"must be >= 1.0, got {retry.backoff_multiplier}"
+        )
+    yield from _check_status_codes(retry.retry_on_status_codes, f"{at}.retry_on_status_codes")
+
+
+def _check_breaker(breaker: CircuitBreakerConfig, at: str) -> Iterator[ConfigIssue]:
+    yield from _check_status_codes(breaker.failure_status_codes, f"{at}.failure_status_codes")
+
+
+def _check_status_codes(codes: Sequence[int], at: str) -> Iterator[ConfigIssue]:
+    for i, code in enumerate(codes):
+        if not 100 <= code <= 599:
+            yield ConfigIssue(
+                f"{at}[{i}]", f"must be an HTTP status between 100 and 599, got {code}"
+            )
+
+
+def _check_request_transform(t: RequestTransformation, at: str) -> Iterator[ConfigIssue]:
+    at = f"{at}.request_transformation"
+    yield from _check_header_transforms(t.headers, f"{at}.headers")
+    if t.path is not None:
+        yield from _check_regex(t.path.pattern, f"{at}.path.pattern")
+    for q, query in enumerate(t.query_params):
+        where = f"{at}.query_params[{q}]"
+        if query.action == "replace":
+            yield ConfigIssue(
+                f"{where}.action",
+                "query action 'replace' is not supported; allowed: add, set, remove",
+                allowed=("add", "set", "remove"),
+            )
+        elif not query.name:
+            yield ConfigIssue(f"{where}.name", "query parameter name cannot be empty")
+        elif query.action in ("add", "set") and query.value is None:
+            yield ConfigIssue(f"{where}.value", f"action {query.action!r} needs a 'value'")
+
+
+def _check_response_transform(t: ResponseTransformation, at: str) -> Iterator[ConfigIssue]:
+    yield from _check_header_transforms(t.headers, f"{at}.response_transformation.headers")
+
+
+def _check_header_transforms(
+    headers: Sequence[HeaderTransformation], at: str
+) -> Iterator[ConfigIssue]:
+    for h, header in enumerate(headers):
+        where = f"{at}[{h}]"
+        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", header.name):
+            yield ConfigIssue(f"{where}.name", f"invalid header name {header.name!r}")
+        for key in ("value", "replacement"):
+            text = getattr(header, key)
+            if text is not None and any(c in text for c in "\r\n\0"):
+                yield ConfigIssue(f"{where}.{key}", "must not contain CR, LF or NUL characters")
+        if header.action in ("add", "set") and header.value is None:
+            yield ConfigIssue(f"{where}.value", f"action {header.action!r} needs a 'value'")
+        if header.action == "replace":
+            if header.pattern is None or header.replacement is None:
+                yield ConfigIssue(where, "action 'replace' needs 'pattern' and 'replacement'")
+            else:
+                yield from _check_regex(header.pattern, f"{where}.pattern")
+
+
+def _check_regex(pattern: str, at: str) -> Iterator[ConfigIssue]:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        yield ConfigIssue(at, f"invalid regular expression {pattern!r}: {exc}")
+
+
+def _check_rate_limit(
+    limit: RateLimitConfig, at: str, config: GatewayConfig
+) -> Iterator[ConfigIssue]:
+    if limit.enable_redis and not config.cluster.redis_url:
+        yield ConfigIssue(
+            f"{at}.enable_redis", "shared counters need 'cluster.redis_url' to be set"
+        )
+    if any("User" in s for s in limit.strategies) and config.jwt is None:
+        yield ConfigIssue(
+            f"{at}.strategy",
+            "per-user limits key on the JWT 'sub', but no 'jwt' block is configured; "
+            "requests will be keyed by client IP",
+            W,
+        )
+
+
+def _check_jwt(config: GatewayConfig) -> Iterator[ConfigIssue]:
+    for index, router in enumerate(config.routers):
+        if router.auth_required and config.jwt is None:
+            yield ConfigIssue(
+                f"routers[{index}].auth_required",
+                "route requires authentication but no 'jwt' block is configured",
+            )
+    if config.jwt is None:
+        return
+    secret = config.jwt.secret
+    if not secret:
+        yield ConfigIssue("jwt.secret", "JWT secret cannot be empty")
+    elif secret.lower() in PLACEHOLDER_SECRETS:
+        yield ConfigIssue("jwt.secret", "JWT secret must be changed from its placeholder value")
+    elif (size := len(secret.encode("utf-8", "surrogatepass"))) < MIN_JWT_SECRET_CHARS:
+        yield ConfigIssue(
+            "jwt.secret",
+            f"JWT secret must be at least {MIN_JWT_SECRET_CHARS} characters, got {size}",
+        )
+    elif any(marker in secret.lower() for marker in _PLACEHOLDER_MARKERS):
+        yield ConfigIssue(
+            "jwt.secret",
+            "JWT secret looks like a placeholder; use a random value from the environment "
+            '("secret": "${JWT_SECRET}")',
+            W,
+        )
+
+
+def _check_server(config: GatewayConfig) -> Iterator[ConfigIssue]:
+    for at, port in (("server.port", config.server.port), ("admin.port", config.admin.port)):
+        if not 1 <= port <= 65535:
+            yield ConfigIssue(at, f"must be between 1 and 65535, got {port}")
+    for i, proxy in enumerate(config.server.trusted_proxies):
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            yield ConfigIssue(
+                f"server.trusted_proxies[{i}]",
+                f"must be an IP address or CIDR range like '10.0.0.0/8', got {proxy!r}",
+            )
+    if config.server.workers > 1 and not config.cluster.redis_url:
+        yield ConfigIssue(
+            "server.workers",
+            f"workers = {config.server.workers} needs 'cluster.redis_url': in-memory rate limits "
+            "and breakers would be per worker",
+        )
+    if not _is_loopback(config.admin.host) and not config.admin.token:
+        yield ConfigIssue(
+            "admin.host",
+            f"admin listener on non-loopback host {config.admin.host!r} needs 'admin.token' "
+            "(or KAIROS_ADMIN_TOKEN)",
+        )
+    if config.admin.token is not None and len(config.admin.token) < 16:
+        yield ConfigIssue("admin.token", "admin token is short; use at least 16 random chars", W)
+    if (config.server.host, config.server.port) == (config.admin.host, config.admin.port):
+        yield ConfigIssue("admin.port", "the admin and proxy listeners cannot share an address")
+
+
+def _is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_router_in_context(
+    router: Router, index: int, config: GatewayConfig
+) -> Iterator[ConfigIssue]:
+    if router.rate_limit is not None:
+        yield from _check_rate_limit(router.rate_limit, f"routers[{index}].rate_limit", config)
+
+
+def _check_route_set(routers: Sequence[Router]) -> Iterator[ConfigIssue]:
+    seen_names: dict[str, int] = {}
+    for index, router in enumerate(routers):
+        if router.name is None:
+            continue
+        if router.name in seen_names:
+            yield ConfigIssue(
+                f"routers[{index}].name",
+                f"duplicate route name {router.name!r} (also routers[{seen_names[router.name]}])",
+            )
+        seen_names.setdefault(router.name, index)
+
+    specs: list[RouteSpec[int]] = []
+    for index, router in enumerate(routers):
+        try:
+            specs.append(
+                RouteSpec(
+                    route_id=str(index),
+                    external=PathPattern.parse(router.external_path),
+                    internal=PathPattern.parse(router.internal_path),
+                    methods=frozenset(router.methods),
+                    hosts=tuple(h.lower() for h in router.hosts),
+                    order=index,
+                    payload=index,
+                )
+            )
+        except PatternError:
+            continue  # reported by check_router_alone
+    for first, second in find_conflicts(specs):
+        a, b = first.payload, second.payload
+        if routers[a].external_path == routers[b].external_path:
+            yield ConfigIssue(
+                f"routers[{b}].external_path",
+                f"duplicate route path {routers[b].external_path!r} "
+                f"(same methods and hosts as routers[{a}])",
+            )
+        else:
+            yield ConfigIssue(
+                f"routers[{b}].external_path",
+                f"{routers[b].external_path!r} conflicts with {routers[a].external_path!r} "
+                f"(routers[{a}]): same shape, so routers[{a}] always wins",
+                W,
+            )
+    dynamic = [s for s in specs if s.external.param_names]
+    if len(dynamic) > MANY_DYNAMIC_ROUTES:
+        yield ConfigIssue(
+            "routers",
+            f"{len(dynamic)} parameterised routes; matching stays fast, but consider grouping",
+            W,
+        )
+    if specs and len(dynamic) == len(specs):
+        yield ConfigIssue(
+            "routers", "every route is parameterised; add static routes for hot endpoints", R
+        )
+
+
+def _check_transport_security(routers: Sequence[Router]) -> Iterator[ConfigIssue]:
+    plain: dict[str, str] = {}
+    secure = 0
+    for index, router in enumerate(routers):
+        for b, backend in enumerate(router.effective_backends):
+            where = f"routers[{index}]" + ("" if router.backends is None else f".backends[{b}]")
+            if backend.scheme == "http":
+                plain.setdefault(backend.host, f"{where}.host")
+            elif backend.scheme == "https":
+                secure += 1
+    for host, where in plain.items():
+        name = host.split("://", 1)[-1].split("/", 1)[0]
+        if name in LOOPBACK_NAMES:
+            yield ConfigIssue(where, f"plain-HTTP backend on loopback ({host}); fine locally", R)
+        else:
+            yield ConfigIssue(where, f"plain-HTTP backend {host}: consider https://", W)
+    remote_plain = [h for h in plain if h.split("://", 1)[-1] not in LOOPBACK_NAMES]
+    if remote_plain and not secure:
+        yield ConfigIssue(
+            "routers", "every backend uses plain HTTP; consider HTTPS in production", R
+        )

@@ -1,0 +1,3 @@
+from kairos_gateway.main import main
+
+main()

@@ -1,0 +1,165 @@
+"""The Sanic adapter: two listeners (proxy and admin) around the framework-free core.
+
+The proxy app has one catch-all route that turns a Sanic request into a
+:class:`~kairos_core.http.ProxyRequest`, runs the pipeline and streams the
+:class:`~kairos_core.http.ProxyResponse` back. Request bodies are streamed (``stream=True``) so
+uploads flow to the upstream with backpressure; no routing or policy decision is made here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sanic import Request, Sanic
+from sanic.compat import Header
+from sanic.response import HTTPResponse, json
+
+from kairos_core import __version__
+from kairos_core.errors import error_body
+from kairos_core.http import ProxyRequest, ProxyResponse
+from kairos_core.websocket import relay
+from kairos_gateway.runtime import GatewayRuntime
+from kairos_gateway.websocket import SanicPeer
+
+log = logging.getLogger("kairos.gateway")
+# Sanic's router has no TRACE; such requests get the JSON 405 from _framework_error (as Envoy and
+# most hardened gateways do, TRACE is never forwarded).
+ALL_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
+# the pipeline enforces server.max_body_bytes itself (with a JSON 413); Sanic must not cut first
+_UNBOUNDED_BODY = 1 << 62
+_STREAM_TIMEOUT_S = 24 * 3600
+
+
+def build_proxy_app(runtime: GatewayRuntime) -> Sanic[Any, Any]:
+    app: Sanic[Any, Any] = Sanic("kairos_proxy", configure_logging=False)
+    _configure(app, runtime)
+
+    async def proxy(request: Request, path: str = "") -> HTTPResponse | None:
+        raw = request.raw_url.decode("latin-1")
+        raw_path, _, query = raw.partition("?")
+        proxy_request = ProxyRequest(
+            method=request.method,
+            raw_path=raw_path,
+            query=query,
+            headers=list(request.headers.items()),
+            peer_ip=request.conn_info.client_ip if request.conn_info else "",
+            scheme=request.scheme,
+            body=_request_body(request),
+        )
+        result = await runtime.pipeline.handle(proxy_request)
+        return await _send(request, result)
+
+    app.add_route(proxy, "/", methods=ALL_METHODS, stream=True, name="root")
+    app.add_route(proxy, "/<path:path>", methods=ALL_METHODS, stream=True, unquote=False)
+
+    app.error_handler.add(Exception, _framework_error)
+    app.enable_websocket(True)
+
+    @app.before_server_start
+    async def start(app: Sanic[Any, Any]) -> None:
+        await runtime.start()
+
+    @app.after_server_stop
+    async def stop(app: Sanic[Any, Any]) -> None:
+        await runtime.stop()
+
+    return app
+
+
+def build_admin_app(runtime: GatewayRuntime) -> Sanic[Any, Any]:
+    app: Sanic[Any, Any] = Sanic("kairos_admin", configure_logging=False)
+    _configure(app, runtime)
+
+    def liveness() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "version": __version__,
+            "uptime_seconds": round(time.monotonic() - runtime.started, 3),
+        }
+
+    @app.get("/health")
+    async def health(request: Request) -> HTTPResponse:
+        return json(liveness())
+
+    @app.get("/live")
+    async def live(request: Request) -> HTTPResponse:
+        return json(liveness())
+
+    @app.get("/ready")
+    async def ready(request: Request) -> HTTPResponse:
+        reasons = runtime.not_ready_reasons()
+        status = 503 if reasons else 200
+        body = {"status": "not_ready" if reasons else "ready", "reasons": reasons}
+        body["config_version"] = runtime.pipeline.state.version
+        return json(body, status=status)
+
+    return app
+
+
+def _framework_error(request: Request, exception: Exception) -> HTTPResponse:
+    """Errors Sanic raises before the pipeline runs, in the gateway's JSON error shape."""
+    status = getattr(exception, "status_code", 500)
+    error_type = {400: "bad_request", 404: "route_not_found", 405: "method_not_allowed"}.get(
+        status, "payload_too_large" if status == 413 else "internal"
+    )
+    if status >= 500:
+        log.exception("unhandled error", exc_info=exception)
+    message = str(exception) if status < 500 else "internal gateway error"
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    return HTTPResponse(
+        error_body(error_type, message, request_id),
+        status=status,
+        headers={"X-Request-ID": request_id},
+        content_type="application/json",
+    )
+
+
+def _configure(app: Sanic[Any, Any], runtime: GatewayRuntime) -> None:
+    config = app.config
+    config.REQUEST_MAX_SIZE = _UNBOUNDED_BODY
+    config.REQUEST_TIMEOUT = 60
+    config.RESPONSE_TIMEOUT = _STREAM_TIMEOUT_S
+    config.KEEP_ALIVE_TIMEOUT = 75
+    config.GRACEFUL_SHUTDOWN_TIMEOUT = runtime.state.config.server.graceful_shutdown_s
+    config.NOISY_EXCEPTIONS = False
+    config.ACCESS_LOG = False
+    config.MOTD = False
+    config.FALLBACK_ERROR_FORMAT = "json"
+
+
+async def _request_body(request: Request) -> AsyncIterator[bytes]:
+    stream = request.stream
+    if stream is None:
+        return
+    while True:
+        chunk = await stream.read()
+        if chunk is None:
+            return
+        yield chunk
+
+
+async def _send(request: Request, result: ProxyResponse) -> HTTPResponse | None:
+    """Stream the pipeline's answer to the client; always run its ``close`` once."""
+    try:
+        if result.websocket is not None:
+            protocol = request.transport.get_protocol()
+            subprotocols = [result.websocket.protocol] if result.websocket.protocol else None
+            ws = await protocol.websocket_handshake(request, subprotocols)
+            await relay(SanicPeer(ws), result.websocket)
+            return None
+        if isinstance(result.body, bytes):
+            return HTTPResponse(result.body, status=result.status, headers=Header(result.headers))
+        response = await request.respond(status=result.status, headers=Header(result.headers))
+        async for chunk in result.body:
+            await response.send(chunk)
+        await response.eof()
+        return None
+    except asyncio.CancelledError:
+        raise
+    finally:
+        await asyncio.shield(result.close())

@@ -1,0 +1,115 @@
+"""``kairos-gateway [CONFIG]``: validate the config, then serve the proxy and admin listeners.
+
+A config that does not validate is reported (the same issues ``kairos validate`` prints) and the
+process exits with status 1 before binding any port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from sanic import Sanic
+
+from kairos_core import __version__
+from kairos_core.config import ConfigError, load_config
+from kairos_core.state import compile_state
+from kairos_gateway.app import build_admin_app, build_proxy_app
+from kairos_gateway.runtime import GatewayRuntime
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="kairos-gateway", description="Kairos: a resilience-first HTTP gateway."
+    )
+    parser.add_argument(
+        "config",
+        nargs="?",
+        default=os.environ.get("KAIROS_CONFIG_PATH", "config.json"),
+        help="config file (default: $KAIROS_CONFIG_PATH or ./config.json)",
+    )
+    parser.add_argument("--host", help="proxy listener host (overrides server.host)")
+    parser.add_argument("--port", type=int, help="proxy listener port (overrides server.port)")
+    parser.add_argument("--admin-host", help="admin listener host (overrides admin.host)")
+    parser.add_argument("--admin-port", type=int, help="admin listener port (overrides admin.port)")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    parser.add_argument("--version", action="version", version=f"kairos-gateway {__version__}")
+    return parser.parse_args(argv)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.name == "kairos.access":
+            try:
+                document = {"time": self.formatTime(record), **json.loads(message)}
+                return json.dumps(document)
+            except ValueError:
+                pass
+        return json.dumps(
+            {
+                "time": self.formatTime(record),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": message,
+            }
+        )
+
+
+def configure_logging(level: str, log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("sanic.root", "sanic.server", "sanic.access", "watchfiles"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    path = Path(args.config)
+    try:
+        loaded = load_config(path)
+    except ConfigError as exc:
+        print(f"✗ {path}: the config is invalid; nothing was started.", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue.severity}: {issue}", file=sys.stderr)
+        raise SystemExit(1) from None
+    for issue in loaded.issues:
+        logging.getLogger("kairos.config").info("%s: %s", issue.severity, issue)
+
+    config = loaded.config
+    runtime = GatewayRuntime(compile_state(loaded), path, log_format=args.log_format)
+    proxy = build_proxy_app(runtime)
+    admin = build_admin_app(runtime)
+    proxy_host, proxy_port = args.host or config.server.host, args.port or config.server.port
+    admin_host = args.admin_host or config.admin.host
+    admin_port = args.admin_port or config.admin.port
+    proxy.prepare(host=proxy_host, port=proxy_port, single_process=True, motd=False)
+    admin.prepare(host=admin_host, port=admin_port, single_process=True, motd=False)
+    logging.getLogger("kairos.gateway").info(
+        "kairos %s: proxy on http://%s:%d, admin on http://%s:%d, %d route(s)",
+        __version__,
+        proxy_host,
+        proxy_port,
+        admin_host,
+        admin_port,
+        len(config.routers),
+    )
+    Sanic.serve_single(primary=proxy)
+
+
+if __name__ == "__main__":
+    main()

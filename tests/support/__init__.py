@@ -1,0 +1,1 @@
+"""Helpers for integration tests: real upstream servers (upstreams) and processes (procs)."""
