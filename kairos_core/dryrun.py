@@ -26,7 +26,10 @@ Order of checks, as in the pipeline; the first that rejects decides the outcome:
    ``no_healthy_backend``.
 
 Otherwise the outcome is ``routable``. Rate limits cannot reject a dry run (no counters are
-read); the policy and the keys the request would be charged to are reported instead. Once a route
+read); the policy and the keys the request would be charged to are reported instead. The keys use
+``client_ip`` (the address as the gateway resolves it: the peer, or the ``X-Forwarded-For`` hop
+behind a trusted proxy; it also keys ``ip_hash``) and, for ``PerUser`` strategies, the ``sub`` of
+a token verified on an ``auth_required`` route, never an unverified one. Once a route
 matched, every section is filled even when the request is rejected, so the report shows the
 route's policies.
 

@@ -80,12 +80,13 @@ class _LineMap:
     def line(self, loc: Loc) -> int | None:
         if self._entries is None:
             try:
-                self._entries = json_source_map(self._text)
+                self._entries = {_unescape(k): v for k, v in json_source_map(self._text).items()}
             except Exception:  # the map is a nicety; never let it hide the real problem
                 self._entries = {}
         parts = list(loc)
         while True:
-            pointer = "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+            # json_source_map keys entries by the raw key text (no RFC 6901 escaping)
+            pointer = "".join(f"/{p}" for p in parts)
             entry = self._entries.get(pointer)
             if entry is not None:
                 start = entry.key_start or entry.value_start
@@ -93,6 +94,17 @@ class _LineMap:
             if not parts:
                 return None
             parts.pop()
+
+
+def _unescape(pointer: str) -> str:
+    """Decode ``\\uXXXX`` escapes the source map keeps verbatim in key text."""
+    if "\\" not in pointer:
+        return pointer
+    try:
+        decoded: str = json.loads(f'"{pointer}"')
+    except ValueError:
+        return pointer
+    return decoded
 
 
 def load_config(
@@ -160,6 +172,8 @@ def validate_document(
         return _validate(document, source, strict, environ, lines)
     except RecursionError as exc:
         raise ConfigError([_too_deep()], source=source) from exc
+    except ValueError as exc:  # an integer beyond Python's int/str conversion limit
+        raise ConfigError([ConfigIssue("", f"invalid value: {exc}")], source=source) from exc
 
 
 def _validate(
@@ -170,7 +184,7 @@ def _validate(
     lines: _LineMap | None,
 ) -> LoadedConfig:
     environ = os.environ if environ is None else environ
-    line_map = lines or _LineMap(json.dumps(document, indent=2))
+    line_map = lines or _LineMap(json.dumps(document, indent=2, ensure_ascii=False))
     issues: list[ConfigIssue] = []
     if not isinstance(document, dict):
         issues.append(ConfigIssue("", "the config must be a JSON object"))
