@@ -48,11 +48,14 @@ class GatewayError(Exception):
         error_type: ErrorType,
         message: str,
         headers: tuple[tuple[str, str], ...] = (),
+        *,
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(message)
         self.error_type = error_type
         self.message = message
         self.headers = headers
+        self.retry_after_s = retry_after_s
 
     @property
     def status(self) -> int:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
+import random
 import re
 import time
 import uuid
@@ -28,8 +30,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from kairos_core.auth import AuthError, Identity
-from kairos_core.config.models import Backend
-from kairos_core.errors import GatewayError
+from kairos_core.breaker import Trial
+from kairos_core.config.models import Backend, RetryConfig
+from kairos_core.errors import ErrorType, GatewayError
 from kairos_core.http import (
     SECURITY_HEADERS,
     Headers,
@@ -40,8 +43,10 @@ from kairos_core.http import (
     strip_hop_by_hop,
     without,
 )
+from kairos_core.ratelimit import limit_keys
+from kairos_core.retry import NO_RETRY, RetryDecision, parse_retry_after, retry_after_first
 from kairos_core.routing import BadPath, MethodNotAllowed, NotFound, RouteMatch
-from kairos_core.state import CompiledRoute, RuntimeState
+from kairos_core.state import CompiledRoute, RuntimeState, SharedState
 from kairos_core.transform import RequestParts, ResponseParts
 from kairos_core.upstream import UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse
 
@@ -65,6 +70,9 @@ class RequestRecord:
     status: int = 0
     error_type: str | None = None
     attempts: int = 0
+    retries: list[str] = field(default_factory=list)
+    retry_budget_exhausted: bool = False
+    rate_limited: bool = False
     upstream_s: float | None = None
     bytes_sent: int = 0
     duration_s: float = 0.0
@@ -79,6 +87,7 @@ class _Context:
     deadline: float | None = None
     identity: Identity | None = None
     cors_headers: Headers = field(default_factory=list)
+    limit_headers: Headers = field(default_factory=list)
 
 
 RecordSink = Callable[[RequestRecord], None]
@@ -93,6 +102,7 @@ class Pipeline:
         self._state = state
         self._upstream = upstream
         self._on_record = on_record
+        self._rng = random.Random()
 
     @property
     def state(self) -> RuntimeState:
@@ -112,13 +122,11 @@ class Pipeline:
                 return self._finish(ctx, preflight)
             route = match.spec.payload
             self._authenticate(ctx, route)
+            await self._rate_limit(ctx, route)
             if route.protocol == "websocket":
                 _require_upgrade(ctx)
-            backend = self._select_backend(ctx, route)
-            if route.protocol == "websocket":
-                return self._finish(ctx, await self._open_websocket(ctx, route, match, backend))
-            upstream_request = self._transform_request(ctx, route, match, backend)
-            response = await self._forward(ctx, route, backend, upstream_request)
+                return self._finish(ctx, await self._open_websocket(ctx, route, match))
+            response = await self._forward(ctx, route, match)
             return self._finish(ctx, self._transform_response(ctx, route, response))
         except GatewayError as error:
             return self._finish(ctx, self._error_response(ctx, error))
@@ -193,12 +201,47 @@ class Pipeline:
                 (("WWW-Authenticate", 'Bearer error="invalid_token"'),),
             ) from exc
 
-    def _select_backend(self, ctx: _Context, route: CompiledRoute) -> Backend:
-        candidates = list(range(len(route.backends)))
-        index = route.balancer.pick(candidates, client_key=ctx.record.client_ip)
-        backend = route.backends[index]
-        ctx.record.backend = backend.key
-        return backend
+    async def _rate_limit(self, ctx: _Context, route: CompiledRoute) -> None:
+        policy = route.rate_limit
+        if policy is None:
+            return
+        keys = limit_keys(
+            policy,
+            route_id=route.route_id,
+            client_ip=ctx.record.client_ip,
+            user=ctx.identity.subject if ctx.identity else None,
+            route_scoped=route.rate_limit_route_scoped,
+        )
+        decision = await ctx.state.shared.limiter.check(policy, keys)
+        ctx.limit_headers = decision.headers()
+        if not decision.allowed:
+            ctx.record.rate_limited = True
+            raise GatewayError("rate_limit_error", "rate limit exceeded; retry later")
+
+    def _select_backend(
+        self, ctx: _Context, route: CompiledRoute, tried: set[str]
+    ) -> tuple[Backend, Trial]:
+        """Pick among backends whose breaker admits and whose health check passes.
+
+        A backend not tried yet by this request is preferred; the fallback backends are used
+        only when no primary backend is eligible.
+        """
+        shared = ctx.state.shared
+        for backends, balancer in (
+            (route.backends, route.balancer),
+            (route.fallback, route.fallback_balancer),
+        ):
+            eligible = [i for i, b in enumerate(backends) if _eligible(shared, b)]
+            if not eligible:
+                continue
+            fresh = [i for i in eligible if backends[i].key not in tried]
+            index = balancer.pick(fresh or eligible, client_key=ctx.record.client_ip)
+            backend = backends[index]
+            breaker = shared.breakers.get(backend.key)
+            trial = breaker.admit() if breaker is not None else None
+            if trial is not None:
+                return backend, trial
+        raise _no_candidate(shared, (*route.backends, *route.fallback))
 
     def _transform_request(
         self,
@@ -206,6 +249,7 @@ class Pipeline:
         route: CompiledRoute,
         match: RouteMatch[CompiledRoute],
         backend: Backend,
+        body: bytes | AsyncIterator[bytes] | None,
     ) -> UpstreamRequest:
         request = ctx.request
         headers = without(strip_hop_by_hop(request.headers), *_FORWARDED)
@@ -220,7 +264,7 @@ class Pipeline:
             method=request.method,
             url=url,
             headers=headers,
-            body=_capped_body(request, server.max_body_bytes),
+            body=body,
             connect_timeout_s=server.connect_timeout_ms / 1000,
             read_timeout_s=route.timeout_ms / 1000,
         )
@@ -245,45 +289,90 @@ class Pipeline:
         return out
 
     async def _forward(
-        self,
-        ctx: _Context,
-        route: CompiledRoute,
-        backend: Backend,
-        upstream_request: UpstreamRequest,
+        self, ctx: _Context, route: CompiledRoute, match: RouteMatch[CompiledRoute]
     ) -> UpstreamResponse:
-        in_flight = ctx.state.in_flight
-        in_flight.acquire(backend.key)
-        ctx.record.attempts += 1
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout_at(_loop_deadline(ctx.deadline)):
-                response = await self._upstream.send(upstream_request)
-        except TimeoutError as exc:
-            in_flight.release(backend.key)
-            raise GatewayError("timeout", "request deadline exceeded") from exc
-        except UpstreamError as exc:
-            in_flight.release(backend.key)
-            if isinstance(exc.__cause__, _BodyTooLarge):
-                raise exc.__cause__.error from exc
-            if exc.kind == "timeout":
-                raise GatewayError("timeout", exc.message) from exc
-            raise GatewayError("upstream", exc.message) from exc
-        except _BodyTooLarge as exc:
-            in_flight.release(backend.key)
-            raise exc.error from exc
-        ctx.record.upstream_s = time.perf_counter() - started
-        return _Released(response, lambda: in_flight.release(backend.key))
+        """Attempt 1 outside any retry machinery; retries only after a retryable outcome."""
+        shared = ctx.state.shared
+        budget = shared.budget(route.route_id)
+        budget.record_request()
+        body = await _RequestBody.prepare(
+            ctx.request, route, ctx.state.config.server.max_body_bytes
+        )
+        tried: set[str] = set()
 
-    async def _open_websocket(
+        async def attempt() -> _Outcome:
+            return await self._attempt(ctx, route, match, body, tried)
+
+        outcome = await attempt()
+        policy = route.retry
+        if policy is not None and body.replayable:
+
+            def note_retry(reason: str) -> None:
+                ctx.record.retries.append(reason)
+
+            def note_budget_exhausted() -> None:
+                ctx.record.retry_budget_exhausted = True
+
+            outcome = await retry_after_first(
+                outcome,
+                attempt,
+                policy=policy,
+                classify=lambda o: _classify(ctx, policy, o),
+                budget=budget,
+                deadline=ctx.deadline,
+                discard=_Outcome.discard,
+                rng=self._rng,
+                on_retry=note_retry,
+                on_budget_exhausted=note_budget_exhausted,
+            )
+        return outcome.result()
+
+    async def _attempt(
         self,
         ctx: _Context,
         route: CompiledRoute,
         match: RouteMatch[CompiledRoute],
-        backend: Backend,
+        body: _RequestBody,
+        tried: set[str],
+    ) -> _Outcome:
+        """One try against one backend, reported to its breaker."""
+        try:
+            backend, trial = self._select_backend(ctx, route, tried)
+        except GatewayError as error:
+            return _Outcome(error=error)
+        tried.add(backend.key)
+        ctx.record.backend = backend.key
+        ctx.record.attempts += 1
+        upstream_request = self._transform_request(ctx, route, match, backend, body.take())
+        in_flight = ctx.state.in_flight
+        in_flight.acquire(backend.key)
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout_at(_loop_deadline(ctx.deadline)):
+                response = await self._upstream.send(upstream_request)
+        except BaseException as exc:
+            in_flight.release(backend.key)
+            return _failed_attempt(exc, trial)
+        finally:
+            ctx.record.upstream_s = (ctx.record.upstream_s or 0.0) + time.perf_counter() - started
+        breaker = ctx.state.shared.breakers.get(backend.key)
+        if breaker is not None and breaker.is_failure_status(response.status):
+            trial.failure()
+        else:
+            trial.success()
+        return _Outcome(response=_Released(response, lambda: in_flight.release(backend.key)))
+
+    async def _open_websocket(
+        self, ctx: _Context, route: CompiledRoute, match: RouteMatch[CompiledRoute]
     ) -> ProxyResponse:
-        """Connect the upstream WebSocket first; the adapter then accepts the client and relays."""
+        """Connect the upstream WebSocket first; the adapter then accepts the client and relays.
+
+        The handshake is reported to the backend's breaker like any attempt.
+        """
         request = ctx.request
-        upstream_request = self._transform_request(ctx, route, match, backend)
+        backend, trial = self._select_backend(ctx, route, set())
+        ctx.record.backend = backend.key
+        upstream_request = self._transform_request(ctx, route, match, backend, None)
         protocols = [
             p.strip()
             for p in (header(request.headers, "sec-websocket-protocol") or "").split(",")
@@ -304,9 +393,11 @@ class Pipeline:
                 protocols,
                 upstream_request.connect_timeout_s,
             )
-        except UpstreamError as exc:
+        except BaseException as exc:
             in_flight.release(backend.key)
-            raise GatewayError("upstream", exc.message) from exc
+            _failed_attempt(exc, trial).result()
+            raise
+        trial.success()
 
         async def close() -> None:
             try:
@@ -330,12 +421,15 @@ class Pipeline:
     def _error_response(self, ctx: _Context, error: GatewayError) -> ProxyResponse:
         ctx.record.error_type = error.error_type
         headers = [("Content-Type", "application/json"), *error.headers, *ctx.cors_headers]
+        if error.retry_after_s is not None:
+            headers.append(("Retry-After", str(max(math.ceil(error.retry_after_s), 1))))
         return ProxyResponse(error.status, headers, error.body(ctx.record.request_id))
 
     def _finish(self, ctx: _Context, response: ProxyResponse) -> ProxyResponse:
         """Security headers and request id on every response; the record once the body is done."""
         if ctx.state.config.server.security_headers:
             response.headers = add_missing(response.headers, SECURITY_HEADERS)
+        response.headers.extend(ctx.limit_headers)
         response.headers.append(("X-Request-ID", ctx.record.request_id))
         ctx.record.status = response.status
         inner = response.on_close
@@ -396,25 +490,132 @@ async def _relay(response: UpstreamResponse, record: RequestRecord) -> AsyncIter
         raise
 
 
-def _capped_body(request: ProxyRequest, limit: int) -> AsyncIterator[bytes] | None:
-    """The request body as a stream that fails once it passes ``limit`` bytes."""
-    body = request.body
-    length = header(request.headers, "content-length")
-    chunked = "chunked" in (header(request.headers, "transfer-encoding") or "").lower()
-    if body is None or (not chunked and (length is None or length == "0")):
-        return None
+NON_IDEMPOTENT = frozenset({"POST", "PATCH"})
 
-    async def stream() -> AsyncIterator[bytes]:
-        seen = 0
-        async for chunk in body:
-            seen += len(chunk)
-            if seen > limit:
-                raise _BodyTooLarge(
-                    GatewayError("payload_too_large", f"request body exceeds {limit} bytes")
-                )
-            yield chunk
 
-    return stream()
+class _RequestBody:
+    """The request body as the attempts see it: bytes (replayable) or a one-shot stream.
+
+    A body with a declared length within ``retry.max_replay_bytes`` is read once, so retries can
+    send it again; a larger or chunked body streams to the first attempt only (``replayable`` is
+    then False and the request is not retried). Either way it is cut at ``max_body_bytes``.
+    """
+
+    def __init__(self, data: bytes | AsyncIterator[bytes] | None, replayable: bool) -> None:
+        self._data = data
+        self.replayable = replayable
+
+    @classmethod
+    async def prepare(cls, request: ProxyRequest, route: CompiledRoute, limit: int) -> _RequestBody:
+        body = request.body
+        length = header(request.headers, "content-length")
+        chunked = "chunked" in (header(request.headers, "transfer-encoding") or "").lower()
+        if body is None or (not chunked and (length is None or length == "0")):
+            return cls(None, replayable=True)
+        stream = _capped(body, limit)
+        policy = route.retry
+        if policy is None or chunked or length is None or int(length) > policy.max_replay_bytes:
+            return cls(stream, replayable=False)
+        return cls(b"".join([chunk async for chunk in stream]), replayable=True)
+
+    def take(self) -> bytes | AsyncIterator[bytes] | None:
+        data = self._data
+        if not self.replayable:
+            self._data = None
+        return data
+
+
+async def _capped(body: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    seen = 0
+    async for chunk in body:
+        seen += len(chunk)
+        if seen > limit:
+            raise _BodyTooLarge(
+                GatewayError("payload_too_large", f"request body exceeds {limit} bytes")
+            )
+        yield chunk
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What one attempt produced: an upstream response, or the error the client would get."""
+
+    response: UpstreamResponse | None = None
+    error: GatewayError | None = None
+    upstream_error: UpstreamError | None = None
+
+    def result(self) -> UpstreamResponse:
+        if self.response is not None:
+            return self.response
+        assert self.error is not None
+        raise self.error
+
+    async def discard(self) -> None:
+        if self.response is not None:
+            await self.response.close()
+
+
+def _failed_attempt(exc: BaseException, trial: Trial) -> _Outcome:
+    """Report an attempt that raised to its breaker and turn it into an outcome.
+
+    Cancellation (client gone) and the request deadline are not the backend's fault: reported as
+    nothing. A body over the cap is the client's fault: nothing either.
+    """
+    too_large = exc if isinstance(exc, _BodyTooLarge) else exc.__cause__
+    if isinstance(too_large, _BodyTooLarge):
+        trial.cancel()
+        return _Outcome(error=too_large.error)
+    if isinstance(exc, UpstreamError):
+        trial.failure()
+        error_type: ErrorType = "timeout" if exc.kind == "timeout" else "upstream"
+        return _Outcome(error=GatewayError(error_type, exc.message), upstream_error=exc)
+    trial.cancel()
+    if isinstance(exc, TimeoutError):
+        return _Outcome(error=GatewayError("timeout", "request deadline exceeded"))
+    raise exc
+
+
+def _classify(ctx: _Context, policy: RetryConfig, outcome: _Outcome) -> RetryDecision:
+    """DESIGN.md §5: which outcomes are retried for this request."""
+    request = ctx.request
+    may_resend = (
+        request.method not in NON_IDEMPOTENT
+        or policy.retry_non_idempotent
+        or header(request.headers, "idempotency-key") is not None
+    )
+    if outcome.response is not None:
+        status = outcome.response.status
+        if status in policy.retry_on_status_codes and may_resend:
+            retry_after = parse_retry_after(header(outcome.response.headers, "retry-after"))
+            return RetryDecision(True, f"status_{status}", retry_after)
+        return NO_RETRY
+    error = outcome.upstream_error
+    if error is None or not policy.retry_on_connection_error:
+        return NO_RETRY
+    if not error.sent or may_resend:
+        return RetryDecision(True, error.kind)
+    return NO_RETRY
+
+
+def _eligible(shared: SharedState, backend: Backend) -> bool:
+    breaker = shared.breakers.get(backend.key)
+    return shared.is_healthy(backend.key) and (breaker is None or breaker.admits())
+
+
+def _no_candidate(shared: SharedState, backends: tuple[Backend, ...]) -> GatewayError:
+    """503: ``circuit_open`` (with time to half-open) unless every backend is unhealthy."""
+    waits = [
+        breaker.seconds_until_half_open()
+        for b in backends
+        if shared.is_healthy(b.key) and (breaker := shared.breakers.get(b.key)) is not None
+    ]
+    if waits:
+        return GatewayError(
+            "circuit_open",
+            "every backend's circuit breaker is open",
+            retry_after_s=min(waits),
+        )
+    return GatewayError("no_healthy_backend", "no backend passes its health check")
 
 
 def _require_upgrade(ctx: _Context) -> None:

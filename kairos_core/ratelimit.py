@@ -12,13 +12,29 @@ never shares counters with the global policy.
 - ``PerIPAndRoute`` / ``PerUserAndRoute``: both parts.
 
 Limits: ``requests_per_window + burst_allowance`` requests per ``window_duration`` seconds for
-FixedWindow and SlidingWindow; TokenBucket refills ``requests_per_window / window_duration`` tokens
-per second up to that same capacity.
+FixedWindow (``limits``' fixed window: the count resets at each window boundary) and
+SlidingWindow (``limits``' moving window: exactly N requests in any window-long span);
+TokenBucket refills ``requests_per_window / window_duration`` tokens per second up to that same
+capacity and starts full. Composite policies charge every key and refuse if any refuses (earlier
+keys stay charged, as with Envoy's descriptors). Responses of a limited route carry
+``RateLimit-Limit``, ``RateLimit-Remaining`` (of the tightest key) and ``RateLimit-Reset``
+(seconds until the window resets, or until the bucket is full); a 429 adds ``Retry-After``.
 """
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from limits import RateLimitItemPerSecond
+from limits.aio.strategies import (
+    FixedWindowRateLimiter,
+    MovingWindowRateLimiter,
+)
+from limits.aio.strategies import RateLimiter as RateLimiterStrategy
+from limits.storage import storage_from_string
 
 from kairos_core.config.models import RateLimitConfig
 
@@ -73,3 +89,96 @@ def describe(policy: RateLimitConfig) -> str:
         f"{policy.requests_per_window} requests / {policy.window_duration} s{burst}, "
         f"{policy.window_type}, {strategies}"
     )
+
+
+# --- the limiter ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LimitDecision:
+    """The verdict for one request and the ``RateLimit-*`` headers that describe it."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_s: float
+    retry_after_s: float = 0.0
+
+    def headers(self) -> list[tuple[str, str]]:
+        out = [
+            ("RateLimit-Limit", str(self.limit)),
+            ("RateLimit-Remaining", str(max(self.remaining, 0))),
+            ("RateLimit-Reset", str(max(math.ceil(self.reset_s), 0))),
+        ]
+        if not self.allowed:
+            out.append(("Retry-After", str(max(math.ceil(self.retry_after_s), 1))))
+        return out
+
+
+class TokenBuckets:
+    """Token buckets in memory (``limits`` has none): refill continuously, take one per request.
+
+    A bucket starts full. Buckets that have refilled completely carry no information and are
+    dropped by a periodic sweep, so memory stays bounded by the number of recently active keys.
+    """
+
+    _SWEEP_EVERY = 10_000
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._operations = 0
+
+    def take(self, key: str, capacity: int, rate_per_s: float) -> LimitDecision:
+        now = self._clock()
+        tokens, updated = self._buckets.get(key, (float(capacity), now))
+        tokens = min(float(capacity), tokens + (now - updated) * rate_per_s)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        self._buckets[key] = (tokens, now)
+        self._operations += 1
+        if self._operations % self._SWEEP_EVERY == 0:
+            self._sweep(now, capacity, rate_per_s)
+        until_one = 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate_per_s
+        until_full = (capacity - tokens) / rate_per_s
+        return LimitDecision(allowed, capacity, int(tokens), until_full, until_one)
+
+    def _sweep(self, now: float, capacity: int, rate_per_s: float) -> None:
+        full_after = capacity / rate_per_s
+        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}
+
+
+class RateLimiter:
+    """Checks a request against its policy's keys; windows via ``limits``, buckets in memory.
+
+    ``storage_uri`` picks where window counters live (``memory://`` by default; ``redis://...``
+    for clusters) — the policies never know which.
+    """
+
+    def __init__(self, storage_uri: str = "memory://") -> None:
+        self._storage = storage_from_string(f"async+{storage_uri}")
+        self._windows: dict[str, RateLimiterStrategy] = {
+            "FixedWindow": FixedWindowRateLimiter(self._storage),
+            "SlidingWindow": MovingWindowRateLimiter(self._storage),
+        }
+        self._buckets = TokenBuckets()
+
+    async def check(self, policy: RateLimitConfig, keys: Sequence[LimitKey]) -> LimitDecision:
+        """Charge every key; the request passes only if all of them allow it."""
+        decisions = [await self._check_one(policy, key.key) for key in keys]
+        refused = [d for d in decisions if not d.allowed]
+        if refused:
+            return max(refused, key=lambda d: d.retry_after_s)
+        return min(decisions, key=lambda d: d.remaining)
+
+    async def _check_one(self, policy: RateLimitConfig, key: str) -> LimitDecision:
+        limit = capacity(policy)
+        if policy.window_type == "TokenBucket":
+            return self._buckets.take(key, limit, refill_per_second(policy))
+        item = RateLimitItemPerSecond(limit, policy.window_duration)
+        strategy = self._windows[policy.window_type]
+        allowed = await strategy.hit(item, key)
+        stats = await strategy.get_window_stats(item, key)
+        reset_s = max(stats.reset_time - time.time(), 0.0)
+        return LimitDecision(allowed, limit, stats.remaining, reset_s, reset_s)

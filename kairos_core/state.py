@@ -1,8 +1,9 @@
-"""``RuntimeState``: everything compiled from one config, built once and never mutated.
+"""``RuntimeState`` (compiled from one config, never mutated) and ``SharedState`` (what
+outlives configs).
 
-A reload builds a new state and swaps the reference; requests in flight finish on the state they
-started with. State that must survive reloads (in-flight counts, and later breakers, limiter
-counters and health) is passed in and keyed by backend or policy identity, never stored here.
+A reload builds a new ``RuntimeState`` and swaps the reference; requests in flight finish on the
+state they started with. ``SharedState`` holds what must survive reloads, keyed by backend or
+route identity: in-flight counts, breakers, rate-limit counters, retry budgets, health, events.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from kairos_core.auth import JwtVerifier
-from kairos_core.balancing import BackendRef, Balancer, InFlight, make_balancer
+from kairos_core.balancing import BackendRef, Balancer, InFlight, RoundRobin, make_balancer
+from kairos_core.breaker import BreakerRegistry, State
 from kairos_core.config import LoadedConfig, route_ids
 from kairos_core.config.models import (
     Backend,
@@ -23,8 +25,13 @@ from kairos_core.config.models import (
     Router,
 )
 from kairos_core.cors import CorsPolicy
+from kairos_core.events import EventBus
+from kairos_core.health import HealthChecker
+from kairos_core.ratelimit import RateLimiter
+from kairos_core.retry import RetryBudget
 from kairos_core.routing import PathPattern, RouteSpec, RouteTable
 from kairos_core.transform import CompiledRequestTransform, CompiledResponseTransform
+from kairos_core.upstream import UpstreamClient
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +44,7 @@ class CompiledRoute:
     backends: tuple[Backend, ...]
     fallback: tuple[Backend, ...]
     balancer: Balancer
+    fallback_balancer: Balancer
     retry: RetryConfig | None
     rate_limit: RateLimitConfig | None
     rate_limit_route_scoped: bool
@@ -55,9 +63,38 @@ class CompiledRoute:
         return self.router.auth_required
 
 
+class SharedState:
+    """State that outlives any one config; the pipeline, the admin API and the CLI read it."""
+
+    def __init__(
+        self, *, upstream: UpstreamClient | None = None, storage_uri: str = "memory://"
+    ) -> None:
+        self.events = EventBus()
+        self.in_flight = InFlight()
+        self.breakers = BreakerRegistry(on_transition=self._circuit_event)
+        self.limiter = RateLimiter(storage_uri)
+        self.health = HealthChecker(upstream, self._health_event) if upstream else None
+        self._budgets: dict[str, RetryBudget] = {}
+
+    def budget(self, route_id: str) -> RetryBudget:
+        budget = self._budgets.get(route_id)
+        if budget is None:
+            budget = self._budgets[route_id] = RetryBudget()
+        return budget
+
+    def is_healthy(self, backend: str) -> bool:
+        return self.health is None or self.health.is_healthy(backend)
+
+    def _health_event(self, backend: str, healthy: bool) -> None:
+        self.events.publish("health", {"backend": backend, "healthy": healthy})
+
+    def _circuit_event(self, backend: str, old: State, new: State) -> None:
+        self.events.publish("circuit", {"backend": backend, "from": old, "to": new})
+
+
 @dataclass(frozen=True, slots=True)
 class RuntimeState:
-    """The compiled config: route table, resolved route policies, JWT verifier."""
+    """The compiled config: route table, resolved route policies, JWT verifier, CORS."""
 
     loaded: LoadedConfig
     table: RouteTable[CompiledRoute]
@@ -65,7 +102,7 @@ class RuntimeState:
     jwt: JwtVerifier | None
     cors: CorsPolicy | None
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
-    in_flight: InFlight = field(repr=False)
+    shared: SharedState = field(repr=False)
 
     @property
     def config(self) -> GatewayConfig:
@@ -75,17 +112,32 @@ class RuntimeState:
     def version(self) -> str:
         return self.loaded.version
 
+    @property
+    def in_flight(self) -> InFlight:
+        return self.shared.in_flight
 
-def compile_state(loaded: LoadedConfig, in_flight: InFlight | None = None) -> RuntimeState:
-    """Build the runtime state of a validated config."""
+    def health_targets(self) -> dict[str, str]:
+        """Backend key → probe URL for every backend with a ``health_check_path``."""
+        targets: dict[str, str] = {}
+        for route in self.routes.values():
+            for backend in (*route.backends, *route.fallback):
+                if backend.health_check_path:
+                    url = f"{backend.key}{backend.health_check_path}"
+                    if backend.scheme in ("ws", "wss"):
+                        url = "http" + url[2:]
+                    targets.setdefault(backend.key, url)
+        return targets
+
+
+def compile_state(loaded: LoadedConfig, shared: SharedState | None = None) -> RuntimeState:
+    """Build the runtime state of a validated config and point the shared breakers at it."""
     config = loaded.config
-    in_flight = in_flight if in_flight is not None else InFlight()
+    shared = shared if shared is not None else SharedState()
     specs: list[RouteSpec[CompiledRoute]] = []
     routes: dict[str, CompiledRoute] = {}
-    for index, (route_id, router) in enumerate(
-        zip(route_ids(config.routers), config.routers, strict=True)
-    ):
-        route = _compile_route(config, router, route_id, index, in_flight)
+    ids = route_ids(config.routers)
+    for index, (route_id, router) in enumerate(zip(ids, config.routers, strict=True)):
+        route = _compile_route(config, router, route_id, index, shared.in_flight)
         routes[route_id] = route
         specs.append(
             RouteSpec(
@@ -98,10 +150,15 @@ def compile_state(loaded: LoadedConfig, in_flight: InFlight | None = None) -> Ru
                 payload=route,
             )
         )
+    shared.breakers.configure(
+        (backend.key, route.breaker)
+        for route in routes.values()
+        for backend in (*route.backends, *route.fallback)
+    )
     jwt = JwtVerifier(config.jwt) if config.jwt is not None else None
     cors = CorsPolicy(config.cors) if config.cors is not None else None
     trusted = tuple(ipaddress.ip_network(p, strict=False) for p in config.server.trusted_proxies)
-    return RuntimeState(loaded, RouteTable(specs), routes, jwt, cors, trusted, in_flight)
+    return RuntimeState(loaded, RouteTable(specs), routes, jwt, cors, trusted, shared)
 
 
 def _compile_route(
@@ -120,6 +177,7 @@ def _compile_route(
         backends=backends,
         fallback=router.fallback,
         balancer=balancer,
+        fallback_balancer=RoundRobin(),
         retry=router.retry,
         rate_limit=rate_limit,
         rate_limit_route_scoped=router.rate_limit is not None,

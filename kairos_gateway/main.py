@@ -17,7 +17,6 @@ from sanic import Sanic
 
 from kairos_core import __version__
 from kairos_core.config import ConfigError, load_config
-from kairos_core.state import compile_state
 from kairos_gateway.app import build_admin_app, build_proxy_app
 from kairos_gateway.runtime import GatewayRuntime
 
@@ -91,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("kairos.config").info("%s: %s", issue.severity, issue)
 
     config = loaded.config
-    runtime = GatewayRuntime(compile_state(loaded), path, log_format=args.log_format)
+    runtime = GatewayRuntime(loaded, path, log_format=args.log_format)
     proxy = build_proxy_app(runtime)
     admin = build_admin_app(runtime)
     proxy_host, proxy_port = args.host or config.server.host, args.port or config.server.port

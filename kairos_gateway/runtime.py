@@ -18,9 +18,9 @@ from pathlib import Path
 
 from watchfiles import awatch
 
-from kairos_core.config import ConfigError, load_config
+from kairos_core.config import ConfigError, LoadedConfig, load_config
 from kairos_core.pipeline import Pipeline, RequestRecord
-from kairos_core.state import RuntimeState, compile_state
+from kairos_core.state import RuntimeState, SharedState, compile_state
 from kairos_core.upstream import AiohttpUpstream
 
 log = logging.getLogger("kairos.gateway")
@@ -30,10 +30,14 @@ access_log = logging.getLogger("kairos.access")
 class GatewayRuntime:
     """Owns the pipeline and everything that outlives one request."""
 
-    def __init__(self, state: RuntimeState, config_path: Path, *, log_format: str = "text") -> None:
+    def __init__(
+        self, loaded: LoadedConfig, config_path: Path, *, log_format: str = "text"
+    ) -> None:
         self.config_path = config_path
         self.started = time.monotonic()
         self.upstream = AiohttpUpstream()
+        self.shared = SharedState(upstream=self.upstream)
+        state = compile_state(loaded, self.shared)
         self.pipeline = Pipeline(state, self.upstream, on_record=self._write_access_log)
         self._log_format = log_format
         self._watcher: asyncio.Task[None] | None = None
@@ -50,6 +54,7 @@ class GatewayRuntime:
         self._starts += 1
         if self._starts > 1:
             return
+        self._configure_health()
         self._watcher = asyncio.create_task(self._watch_config(), name="kairos-config-watch")
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop = asyncio.get_running_loop()
@@ -70,6 +75,8 @@ class GatewayRuntime:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+        if self.shared.health is not None:
+            await self.shared.health.stop()
         await self.upstream.close()
 
     async def reload(self, reason: str) -> bool:
@@ -78,22 +85,40 @@ class GatewayRuntime:
             try:
                 loaded = await asyncio.to_thread(load_config, self.config_path)
             except ConfigError as exc:
+                self.shared.events.publish(
+                    "reload",
+                    {"result": "rejected", "errors": [str(issue) for issue in exc.errors]},
+                )
                 log.error(
                     "config reload (%s) rejected; keeping the running config\n%s", reason, exc
                 )
                 return False
             if loaded.version == self.state.version:
                 return True
-            self.pipeline.swap(compile_state(loaded, self.state.in_flight))
+            self.pipeline.swap(compile_state(loaded, self.shared))
+            self._configure_health()
             log.info("config reloaded (%s): version %s", reason, loaded.version)
+            self.shared.events.publish("reload", {"result": "ok", "version": loaded.version})
             return True
 
     def not_ready_reasons(self) -> list[str]:
-        return [
-            f"route {route_id!r} has no backend"
-            for route_id, route in self.state.routes.items()
-            if not route.backends
-        ]
+        """Why the gateway cannot serve every route now (empty when ready)."""
+        shared = self.shared
+        reasons = []
+        for route_id, route in self.state.routes.items():
+            backends = (*route.backends, *route.fallback)
+            if not any(
+                shared.is_healthy(b.key)
+                and ((breaker := shared.breakers.get(b.key)) is None or breaker.admits())
+                for b in backends
+            ):
+                reasons.append(f"route {route_id!r} has no backend that is healthy and admitting")
+        return reasons
+
+    def _configure_health(self) -> None:
+        if self.shared.health is not None:
+            state = self.state
+            self.shared.health.configure(state.health_targets(), state.config.health_check)
 
     async def _watch_config(self) -> None:
         target = await asyncio.to_thread(self.config_path.resolve)

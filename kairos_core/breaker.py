@@ -1,0 +1,228 @@
+"""Circuit breakers: one per backend (``scheme://host:port``), shared by every route using it.
+
+Counting rule:
+
+- **failures** are connection errors, timeouts and responses whose status is in
+  ``failure_status_codes`` (500, 502, 503, 504 by default); anything else the backend answers is a
+  **success**. Gateway-local outcomes (rate limit, retry budget, no candidate) never reach a
+  breaker, and a client disconnect or cancellation during the attempt counts as **nothing**;
+- **closed**: ``failure_threshold`` (5) consecutive failures open it; a success resets the count;
+- **open**: the backend leaves the candidate set; after ``reset_timeout_s`` (30) it is due for a
+  trial, and the first request admitted moves it to **half-open**;
+- **half-open**: at most ``half_open_max_calls`` (1) trial requests at once (others see the
+  backend as open); ``success_threshold`` (2) consecutive successes close it, any failure opens it
+  again (and restarts the timeout).
+
+pybreaker owns the state machine: each outcome is reported through ``breaker.calling()`` once it
+is known, so a cancelled attempt simply never reports. The adapter adds what pybreaker lacks for
+asyncio: the half-open gate (pybreaker lets every concurrent caller through) and the lazy
+open → half-open move at admission time. Manual ``force_open`` / ``force_close`` come from the
+admin API. The policy of a backend is the ``circuit_breaker`` block of the first route (in config
+order) that uses it, else the global block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import pybreaker
+
+from kairos_core.config.models import CircuitBreakerConfig
+
+State = Literal["closed", "open", "half_open"]
+_STATE_NAMES: dict[str, State] = {
+    pybreaker.STATE_CLOSED: "closed",
+    pybreaker.STATE_OPEN: "open",
+    pybreaker.STATE_HALF_OPEN: "half_open",
+}
+TransitionSink = Callable[[str, State, State], None]
+
+
+class _Failure(Exception):
+    """Raised inside ``calling()`` to report a failed attempt to pybreaker."""
+
+
+class _Listener(pybreaker.CircuitBreakerListener):
+    def __init__(self, backend: str, sink: TransitionSink) -> None:
+        self._backend = backend
+        self._sink = sink
+
+    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+        old = _STATE_NAMES.get(old_state.name if old_state else "", "closed")
+        self._sink(self._backend, old, _STATE_NAMES[new_state.name])
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSnapshot:
+    backend: str
+    state: State
+    failures: int
+    opened_at: float | None
+    next_half_open_at: float | None
+
+
+class Trial:
+    """One admitted attempt; report it with ``success()`` / ``failure()``, or ``cancel()``."""
+
+    __slots__ = ("_breaker", "_done", "_trial")
+
+    def __init__(self, breaker: BackendBreaker, trial: bool) -> None:
+        self._breaker = breaker
+        self._trial = trial
+        self._done = False
+
+    def success(self) -> None:
+        self._finish(failed=False)
+
+    def failure(self) -> None:
+        self._finish(failed=True)
+
+    def cancel(self) -> None:
+        """The attempt ended without an outcome (client gone): report nothing."""
+        if not self._done:
+            self._done = True
+            self._breaker._release(self._trial)
+
+    def _finish(self, *, failed: bool) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._breaker._release(self._trial)
+        self._breaker._report(failed)
+
+
+class BackendBreaker:
+    """pybreaker's state machine plus the half-open gate for one backend."""
+
+    def __init__(self, backend: str, policy: CircuitBreakerConfig, sink: TransitionSink) -> None:
+        self.backend = backend
+        self.policy = policy
+        self._breaker = pybreaker.CircuitBreaker(
+            fail_max=policy.failure_threshold,
+            reset_timeout=policy.reset_timeout_s,
+            success_threshold=policy.success_threshold,
+            listeners=[_Listener(backend, sink)],
+            name=backend,
+        )
+        self._trials = 0
+
+    def configure(self, policy: CircuitBreakerConfig) -> None:
+        """Apply a new policy (after a reload) without losing the current state."""
+        self.policy = policy
+        self._breaker.fail_max = policy.failure_threshold
+        self._breaker.reset_timeout = policy.reset_timeout_s
+        self._breaker.success_threshold = policy.success_threshold
+
+    @property
+    def state(self) -> State:
+        return _STATE_NAMES[self._breaker.current_state]
+
+    def is_failure_status(self, status: int) -> bool:
+        return status in self.policy.failure_status_codes
+
+    def admits(self) -> bool:
+        """Would a request be let through now (no side effects)?"""
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "open" and not self._timeout_elapsed():
+            return False
+        return self._trials < self.policy.half_open_max_calls
+
+    def admit(self) -> Trial | None:
+        """Let one attempt through, or None when the backend must be skipped."""
+        if not self.admits():
+            return None
+        if self.state == "open":
+            self._breaker.half_open()  # lazily, at the first trial after the timeout
+        trial = self.state == "half_open"
+        if trial:
+            self._trials += 1
+        return Trial(self, trial)
+
+    def seconds_until_half_open(self) -> float:
+        if self.state != "open":
+            return 0.0
+        opened = self._opened_at()
+        if opened is None:
+            return 0.0
+        return max(0.0, opened + self.policy.reset_timeout_s - time.time())
+
+    def force_open(self) -> None:
+        self._breaker.open()
+
+    def force_close(self) -> None:
+        self._trials = 0
+        self._breaker.close()
+
+    def snapshot(self) -> BreakerSnapshot:
+        opened = self._opened_at() if self.state != "closed" else None
+        next_half_open = None
+        if self.state == "open" and opened is not None:
+            next_half_open = opened + self.policy.reset_timeout_s
+        return BreakerSnapshot(
+            backend=self.backend,
+            state=self.state,
+            failures=int(self._breaker.fail_counter),
+            opened_at=opened,
+            next_half_open_at=next_half_open,
+        )
+
+    def _release(self, trial: bool) -> None:
+        if trial and self._trials > 0:
+            self._trials -= 1
+
+    def _report(self, failed: bool) -> None:
+        if self.state == "open":
+            return  # forced open meanwhile: a late outcome must not close or re-time it
+        with contextlib.suppress(_Failure, pybreaker.CircuitBreakerError), self._breaker.calling():
+            if failed:
+                raise _Failure
+
+    def _timeout_elapsed(self) -> bool:
+        return self.seconds_until_half_open() <= 0
+
+    def _opened_at(self) -> float | None:
+        opened: datetime | None = self._breaker._state_storage.opened_at
+        if opened is None:
+            return None
+        if opened.tzinfo is None:
+            opened = opened.replace(tzinfo=UTC)
+        return opened.timestamp()
+
+
+class BreakerRegistry:
+    """Every backend's breaker, kept across reloads for backends that still exist."""
+
+    def __init__(self, on_transition: TransitionSink | None = None) -> None:
+        self._breakers: dict[str, BackendBreaker] = {}
+        self._on_transition = on_transition or (lambda backend, old, new: None)
+
+    def configure(self, policies: Iterable[tuple[str, CircuitBreakerConfig]]) -> None:
+        """Make the registry hold exactly these backends, each with its policy."""
+        wanted: dict[str, CircuitBreakerConfig] = {}
+        for backend, policy in policies:
+            wanted.setdefault(backend, policy)
+        for backend in list(self._breakers):
+            if backend not in wanted:
+                del self._breakers[backend]
+        for backend, policy in wanted.items():
+            breaker = self._breakers.get(backend)
+            if breaker is None:
+                self._breakers[backend] = BackendBreaker(backend, policy, self._notify)
+            elif breaker.policy != policy:
+                breaker.configure(policy)
+
+    def get(self, backend: str) -> BackendBreaker | None:
+        return self._breakers.get(backend)
+
+    def __iter__(self) -> Any:
+        return iter(self._breakers.values())
+
+    def _notify(self, backend: str, old: State, new: State) -> None:
+        self._on_transition(backend, old, new)
