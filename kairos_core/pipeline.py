@@ -43,6 +43,7 @@ from kairos_core.http import (
     strip_hop_by_hop,
     without,
 )
+from kairos_core.metrics import AttemptSample, RequestSample
 from kairos_core.ratelimit import limit_keys
 from kairos_core.retry import NO_RETRY, RetryDecision, parse_retry_after, retry_after_first
 from kairos_core.routing import BadPath, MethodNotAllowed, NotFound, RouteMatch
@@ -74,8 +75,29 @@ class RequestRecord:
     retry_budget_exhausted: bool = False
     rate_limited: bool = False
     upstream_s: float | None = None
+    attempt_log: list[AttemptSample] = field(default_factory=list)
+    head_s: float = 0.0
     bytes_sent: int = 0
     duration_s: float = 0.0
+
+    def note_attempt(self, backend: str, outcome: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        self.upstream_s = (self.upstream_s or 0.0) + elapsed
+        self.attempt_log.append(AttemptSample(backend, outcome, elapsed))
+
+    def sample(self) -> RequestSample:
+        """The request as metrics see it."""
+        return RequestSample(
+            route=self.route_id,
+            method=self.method,
+            status=self.status,
+            duration_s=self.duration_s,
+            overhead_s=self.head_s - (self.upstream_s or 0.0),
+            attempts=tuple(self.attempt_log),
+            retries=tuple(self.retries),
+            retry_budget_exhausted=self.retry_budget_exhausted,
+            rate_limited=self.rate_limited,
+        )
 
 
 @dataclass(slots=True)
@@ -352,14 +374,15 @@ class Pipeline:
                 response = await self._upstream.send(upstream_request)
         except BaseException as exc:
             in_flight.release(backend.key)
+            ctx.record.note_attempt(backend.key, _attempt_outcome(exc), started)
             return _failed_attempt(exc, trial)
-        finally:
-            ctx.record.upstream_s = (ctx.record.upstream_s or 0.0) + time.perf_counter() - started
         breaker = ctx.state.shared.breakers.get(backend.key)
         if breaker is not None and breaker.is_failure_status(response.status):
             trial.failure()
+            ctx.record.note_attempt(backend.key, "failure_status", started)
         else:
             trial.success()
+            ctx.record.note_attempt(backend.key, "success", started)
         return _Outcome(response=_Released(response, lambda: in_flight.release(backend.key)))
 
     async def _open_websocket(
@@ -432,6 +455,7 @@ class Pipeline:
         response.headers.extend(ctx.limit_headers)
         response.headers.append(("X-Request-ID", ctx.record.request_id))
         ctx.record.status = response.status
+        ctx.record.head_s = time.perf_counter() - ctx.record.started
         inner = response.on_close
 
         async def finish() -> None:
@@ -553,6 +577,15 @@ class _Outcome:
     async def discard(self) -> None:
         if self.response is not None:
             await self.response.close()
+
+
+def _attempt_outcome(exc: BaseException) -> str:
+    """The ``outcome`` label of an attempt that raised."""
+    if isinstance(exc, UpstreamError):
+        return exc.kind
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "cancelled"
 
 
 def _failed_attempt(exc: BaseException, trial: Trial) -> _Outcome:

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from sanic import Request, Sanic
 from sanic.compat import Header
-from sanic.response import HTTPResponse, json
+from sanic.response import HTTPResponse
 
-from kairos_core import __version__
 from kairos_core.errors import error_body
 from kairos_core.http import ProxyRequest, ProxyResponse
 from kairos_core.websocket import relay
@@ -67,36 +65,6 @@ def build_proxy_app(runtime: GatewayRuntime) -> Sanic[Any, Any]:
     @app.after_server_stop
     async def stop(app: Sanic[Any, Any]) -> None:
         await runtime.stop()
-
-    return app
-
-
-def build_admin_app(runtime: GatewayRuntime) -> Sanic[Any, Any]:
-    app: Sanic[Any, Any] = Sanic("kairos_admin", configure_logging=False)
-    _configure(app, runtime)
-
-    def liveness() -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "version": __version__,
-            "uptime_seconds": round(time.monotonic() - runtime.started, 3),
-        }
-
-    @app.get("/health")
-    async def health(request: Request) -> HTTPResponse:
-        return json(liveness())
-
-    @app.get("/live")
-    async def live(request: Request) -> HTTPResponse:
-        return json(liveness())
-
-    @app.get("/ready")
-    async def ready(request: Request) -> HTTPResponse:
-        reasons = runtime.not_ready_reasons()
-        status = 503 if reasons else 200
-        body = {"status": "not_ready" if reasons else "ready", "reasons": reasons}
-        body["config_version"] = runtime.pipeline.state.version
-        return json(body, status=status)
 
     return app
 

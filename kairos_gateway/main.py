@@ -17,7 +17,8 @@ from sanic import Sanic
 
 from kairos_core import __version__
 from kairos_core.config import ConfigError, load_config
-from kairos_gateway.app import build_admin_app, build_proxy_app
+from kairos_gateway.admin import build_admin_app
+from kairos_gateway.app import build_proxy_app
 from kairos_gateway.runtime import GatewayRuntime
 
 

@@ -1,9 +1,11 @@
-"""The running gateway's moving parts: current state, upstream pool, reloads, access log.
+"""The running gateway's moving parts: current state, upstream pool, reloads, metrics, log.
 
 Reload rule (DESIGN.md §2): the config file is watched; a changed file that validates is compiled
 into a new :class:`RuntimeState` and swapped in atomically, so requests already in flight finish
 on the state they started with; a file that does not validate is rejected, its report logged, and
-the running config kept. ``SIGHUP`` triggers the same reload. In-flight counts are carried over.
+the running config kept. ``SIGHUP`` triggers the same reload. Admin API edits go the other way:
+validated first, written atomically, then swapped in; the file watcher then sees a file whose
+content is already running and does nothing.
 """
 
 from __future__ import annotations
@@ -14,17 +16,24 @@ import json
 import logging
 import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from watchfiles import awatch
 
-from kairos_core.config import ConfigError, LoadedConfig, load_config
+from kairos_core import __version__
+from kairos_core.config import ConfigError, LoadedConfig, load_config, validate_document
+from kairos_core.config.store import write_atomically
+from kairos_core.events import Event
+from kairos_core.metrics import Metrics
 from kairos_core.pipeline import Pipeline, RequestRecord
 from kairos_core.state import RuntimeState, SharedState, compile_state
 from kairos_core.upstream import AiohttpUpstream
 
 log = logging.getLogger("kairos.gateway")
 access_log = logging.getLogger("kairos.access")
+_STATE_CODES = {"closed": 0, "open": 1, "half_open": 2}
 
 
 class GatewayRuntime:
@@ -37,17 +46,23 @@ class GatewayRuntime:
         self.started = time.monotonic()
         self.upstream = AiohttpUpstream()
         self.shared = SharedState(upstream=self.upstream)
+        self.metrics = Metrics(__version__)
+        self.shared.events.subscribe(self._count_event)
         state = compile_state(loaded, self.shared)
-        self.pipeline = Pipeline(state, self.upstream, on_record=self._write_access_log)
+        self.pipeline = Pipeline(state, self.upstream, on_record=self._on_record)
+        self.snapshot_source: Any = None  # set by the admin app: () -> dict for `snapshot` events
         self._log_format = log_format
-        self._watcher: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
         self._starts = 0
-        self._tasks: set[asyncio.Task[bool]] = set()
 
     @property
     def state(self) -> RuntimeState:
         return self.pipeline.state
+
+    @property
+    def uptime_s(self) -> float:
+        return time.monotonic() - self.started
 
     async def start(self) -> None:
         """Called by each listener before it serves; the shared work runs once."""
@@ -55,51 +70,84 @@ class GatewayRuntime:
         if self._starts > 1:
             return
         self._configure_health()
-        self._watcher = asyncio.create_task(self._watch_config(), name="kairos-config-watch")
+        self._spawn(self._watch_config(), "kairos-config-watch")
+        self._spawn(self._tick_forever(), "kairos-metrics-tick")
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop = asyncio.get_running_loop()
-            loop.add_signal_handler(
-                signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("sighup"))
-            )
-
-    def _reload_soon(self) -> None:
-        task = asyncio.create_task(self.reload("SIGHUP"))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
 
     async def stop(self) -> None:
         self._starts -= 1
         if self._starts > 0:
             return
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self.shared.health is not None:
             await self.shared.health.stop()
         await self.upstream.close()
 
-    async def reload(self, reason: str) -> bool:
-        """Load the file again; swap on success, keep the running config on failure."""
+    # --- config changes -----------------------------------------------------------------------
+
+    async def reload(self, reason: str) -> LoadedConfig:
+        """Load the file again; swap on success. Raises ConfigError and keeps the running config."""
         async with self._reload_lock:
             try:
                 loaded = await asyncio.to_thread(load_config, self.config_path)
             except ConfigError as exc:
-                self.shared.events.publish(
-                    "reload",
-                    {"result": "rejected", "errors": [str(issue) for issue in exc.errors]},
-                )
-                log.error(
-                    "config reload (%s) rejected; keeping the running config\n%s", reason, exc
-                )
-                return False
-            if loaded.version == self.state.version:
-                return True
-            self.pipeline.swap(compile_state(loaded, self.shared))
-            self._configure_health()
-            log.info("config reloaded (%s): version %s", reason, loaded.version)
-            self.shared.events.publish("reload", {"result": "ok", "version": loaded.version})
-            return True
+                self._rejected(reason, exc)
+                raise
+            if loaded.version != self.state.version:
+                self._swap(loaded, reason)
+            return loaded
+
+    async def apply_document(
+        self, document: Mapping[str, Any], reason: str, *, if_match: str | None = None
+    ) -> LoadedConfig:
+        """Validate, persist atomically, then swap in. ``if_match`` guards against lost updates.
+
+        Raises :class:`ConfigError` (nothing written, running config kept) or
+        :class:`VersionConflict`.
+        """
+        async with self._reload_lock:
+            if if_match is not None and if_match.strip('"') != self.state.version:
+                raise VersionConflict(self.state.version)
+            loaded = validate_document(dict(document), source=str(self.config_path))
+            await asyncio.to_thread(write_atomically, self.config_path, loaded.document)
+            self._swap(loaded, reason)
+            return loaded
+
+    def _swap(self, loaded: LoadedConfig, reason: str) -> None:
+        self.pipeline.swap(compile_state(loaded, self.shared))
+        self._configure_health()
+        self.metrics.reload("success")
+        log.info("config applied (%s): version %s", reason, loaded.version)
+        self.shared.events.publish(
+            "reload", {"result": "success", "reason": reason, "version": loaded.version}
+        )
+
+    def _rejected(self, reason: str, exc: ConfigError) -> None:
+        self.metrics.reload("failure")
+        self.shared.events.publish(
+            "reload",
+            {"result": "failure", "reason": reason, "errors": [str(e) for e in exc.errors]},
+        )
+        log.error("config reload (%s) rejected, running config kept\n%s", reason, exc)
+
+    def _reload_on_signal(self) -> None:
+        self._spawn(self._reload_quietly("SIGHUP"), "kairos-sighup-reload")
+
+    async def _reload_quietly(self, reason: str) -> None:
+        with contextlib.suppress(ConfigError):
+            await self.reload(reason)
+
+    async def _watch_config(self) -> None:
+        target = await asyncio.to_thread(self.config_path.resolve)
+        async for changes in awatch(target.parent, debounce=200, step=50, recursive=False):
+            if any(Path(path).name == target.name for _, path in changes):
+                await self._reload_quietly("file changed")
+
+    # --- readiness, health, metrics -------------------------------------------------------------
 
     def not_ready_reasons(self) -> list[str]:
         """Why the gateway cannot serve every route now (empty when ready)."""
@@ -115,18 +163,45 @@ class GatewayRuntime:
                 reasons.append(f"route {route_id!r} has no backend that is healthy and admitting")
         return reasons
 
+    def refresh_gauges(self) -> None:
+        shared = self.shared
+        self.metrics.set_backend_gauges(
+            (b.backend, _STATE_CODES[b.state], shared.is_healthy(b.backend))
+            for b in shared.breakers
+        )
+        self.metrics.tick(shared.in_flight.total())
+
     def _configure_health(self) -> None:
         if self.shared.health is not None:
             state = self.state
             self.shared.health.configure(state.health_targets(), state.config.health_check)
 
-    async def _watch_config(self) -> None:
-        target = await asyncio.to_thread(self.config_path.resolve)
-        async for changes in awatch(target.parent, debounce=200, step=50, recursive=False):
-            if any(Path(path).name == target.name for _, path in changes):
-                await self.reload("file changed")
+    async def _tick_forever(self) -> None:
+        """Once a second: gauges, a history point, and a ``snapshot`` event."""
+        while True:
+            await asyncio.sleep(1 - time.time() % 1)
+            self.refresh_gauges()
+            if self.snapshot_source is not None:
+                try:
+                    self.shared.events.publish("snapshot", self.snapshot_source())
+                except Exception:
+                    log.exception("building the metrics snapshot failed")
 
-    def _write_access_log(self, record: RequestRecord) -> None:
+    def _count_event(self, event: Event) -> None:
+        if event.type == "circuit":
+            data = event.data
+            self.metrics.transition(data["backend"], data["from"], data["to"])
+            log.warning("circuit %s: %s -> %s", data["backend"], data["from"], data["to"])
+
+    def _spawn(self, coroutine: Any, name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- per request ------------------------------------------------------------------------------
+
+    def _on_record(self, record: RequestRecord) -> None:
+        self.metrics.observe(record.sample())
         if not access_log.isEnabledFor(logging.INFO):
             return
         fields = {
@@ -139,9 +214,7 @@ class GatewayRuntime:
             "status": record.status,
             "error": record.error_type,
             "duration_ms": _ms(record.duration_s),
-            "upstream_ms": None
-            if record.upstream_s is None
-            else round(record.upstream_s * 1000, 3),
+            "upstream_ms": _ms(record.upstream_s),
             "attempts": record.attempts,
             "bytes": record.bytes_sent,
         }
@@ -149,6 +222,14 @@ class GatewayRuntime:
             access_log.info(json.dumps(fields))
         else:
             access_log.info(" ".join(f"{k}={'-' if v is None else v}" for k, v in fields.items()))
+
+
+class VersionConflict(Exception):
+    """``If-Match`` named a config version that is no longer current."""
+
+    def __init__(self, current: str) -> None:
+        super().__init__(f"config changed; current version is {current}")
+        self.current = current
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -1,0 +1,222 @@
+"""Wire models of the Kairos admin API: the one schema both the gateway and the SDK use.
+
+The gateway builds every admin response from these models, and the SDK parses every response
+into them, so the two cannot drift. All models are frozen; unknown fields sent by a newer gateway
+are ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CircuitStateName = Literal["closed", "open", "half_open"]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+
+class Health(_Wire):
+    """``GET /health`` and ``/live``."""
+
+    status: str
+    version: str
+    uptime_seconds: float
+
+
+class Ready(_Wire):
+    """``GET /ready``: ``ready`` with no reasons, or ``not_ready`` with why."""
+
+    status: Literal["ready", "not_ready"]
+    reasons: list[str] = Field(default_factory=list)
+    config_version: str
+
+
+class Rates(_Wire):
+    """Requests per second over the last 1, 10 and 60 seconds."""
+
+    per_1s: float = 0.0
+    per_10s: float = 0.0
+    per_60s: float = 0.0
+
+
+class Percentiles(_Wire):
+    """Milliseconds; computed over the last 60 seconds."""
+
+    p50: float = 0.0
+    p90: float = 0.0
+    p99: float = 0.0
+
+
+class CircuitInfo(_Wire):
+    """One backend's breaker (``GET /api/circuits``)."""
+
+    backend: str
+    state: CircuitStateName
+    failures: int = 0
+    opened_at: float | None = None
+    next_half_open_at: float | None = None
+    healthy: bool = True
+    in_flight: int = 0
+
+
+class RouteMetrics(_Wire):
+    route: str
+    requests_total: int = 0
+    errors_total: int = 0
+    requests_per_second: Rates = Rates()
+    error_rate: float = 0.0
+    latency_ms: Percentiles = Percentiles()
+    status_classes: dict[str, int] = Field(default_factory=dict)
+    rate_limited_total: int = 0
+    retries_total: int = 0
+    auth_required: bool = False
+    has_retry: bool = False
+    has_rate_limit: bool = False
+    has_ai: bool = False
+
+
+class BackendMetrics(_Wire):
+    backend: str
+    requests_total: int = 0
+    failures_total: int = 0
+    in_flight: int = 0
+    healthy: bool = True
+    latency_ms: Percentiles = Percentiles()
+    circuit: CircuitInfo
+
+
+class AiMetrics(_Wire):
+    decisions_total: int = 0
+    by_source: dict[str, int] = Field(default_factory=dict)
+    shadow_agreement_rate: float | None = None
+
+
+class MetricsSnapshot(_Wire):
+    """``GET /api/metrics``: the whole gateway at a glance."""
+
+    requests_total: int = 0
+    errors_total: int = 0
+    requests_per_second: Rates = Rates()
+    error_rate: float = 0.0
+    latency_ms: Percentiles = Percentiles()
+    overhead_ms: Percentiles = Percentiles()
+    status_classes: dict[str, int] = Field(default_factory=dict)
+    in_flight: int = 0
+    rate_limited_total: int = 0
+    retries_total: int = 0
+    retry_budget_exhausted_total: int = 0
+    uptime_seconds: float = 0.0
+    config_version: str = ""
+    routes: list[RouteMetrics] = Field(default_factory=list)
+    backends: list[BackendMetrics] = Field(default_factory=list)
+    ai: AiMetrics = AiMetrics()
+
+
+class MetricsPoint(_Wire):
+    """One second of history."""
+
+    t: float
+    requests: int = 0
+    errors: int = 0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    overhead_p50_ms: float = 0.0
+    in_flight: int = 0
+
+
+class MetricsHistory(_Wire):
+    """``GET /api/metrics/history?seconds=N``."""
+
+    seconds: int
+    points: list[MetricsPoint] = Field(default_factory=list)
+
+
+class RouteInfo(_Wire):
+    """A route as configured: its id, its position and its JSON as written in config.json."""
+
+    id: str
+    index: int
+    config: dict[str, Any]
+
+
+class RouteList(_Wire):
+    routes: list[RouteInfo] = Field(default_factory=list)
+    config_version: str
+
+
+class RouteChange(_Wire):
+    """Answer to a route create / update / delete."""
+
+    route: RouteInfo | None = None
+    config_version: str
+
+
+class ValidationIssue(_Wire):
+    severity: Literal["error", "warning", "recommendation"]
+    path: str
+    line: int | None = None
+    message: str
+    allowed: list[str] = Field(default_factory=list)
+
+
+class ValidationResult(_Wire):
+    """``POST /api/config/validate``."""
+
+    valid: bool
+    errors: list[ValidationIssue] = Field(default_factory=list)
+    warnings: list[ValidationIssue] = Field(default_factory=list)
+
+
+class ConfigDocument(_Wire):
+    """``GET /api/config``: the config as written, secrets redacted."""
+
+    config: dict[str, Any]
+    config_version: str
+    source: str
+
+
+class ReloadResult(_Wire):
+    """``POST /api/config/reload`` and ``PUT /api/config``."""
+
+    reloaded: bool
+    config_version: str
+    errors: list[ValidationIssue] = Field(default_factory=list)
+
+
+class CircuitList(_Wire):
+    circuits: list[CircuitInfo] = Field(default_factory=list)
+
+
+class AiDecision(_Wire):
+    time: float
+    route: str
+    backend: str | None = None
+    reason: str = ""
+    source: str
+    latency_ms: float = 0.0
+
+
+class AiDecisionList(_Wire):
+    decisions: list[AiDecision] = Field(default_factory=list)
+
+
+class Event(_Wire):
+    """One server-sent event from ``GET /api/events``."""
+
+    id: int
+    type: str
+    time: float
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorBody(_Wire):
+    """The body of every admin API error (the proxy's shape)."""
+
+    error: str
+    type: str
+    timestamp: str | None = None
+    request_id: str | None = None
+    details: list[ValidationIssue] = Field(default_factory=list)

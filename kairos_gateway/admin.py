@@ -1,0 +1,456 @@
+"""The admin listener (DESIGN.md §7): health, metrics, events, routes, config, circuits, AI.
+
+Every response body is a :mod:`kairos_client.models` model. With ``admin.token`` set, every
+route except ``/health``, ``/live`` and ``/ready`` needs ``Authorization: Bearer <token>``
+(compared in constant time). Request bodies are capped at the config size limit. Errors use the
+proxy's JSON shape with types ``unauthorized``, ``not_found``, ``bad_request``,
+``validation_error`` (with ``details``), ``conflict``, ``precondition_failed`` and
+``payload_too_large``. The limiter never guards this listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+from urllib.parse import unquote
+
+from pydantic import BaseModel
+from sanic import Request, Sanic
+from sanic.response import HTTPResponse
+
+from kairos_client import models
+from kairos_core import __version__
+from kairos_core.config import (
+    MAX_CONFIG_BYTES,
+    ConfigError,
+    ConfigIssue,
+    route_ids,
+    validate_document,
+)
+from kairos_core.config.store import (
+    redact,
+    restore_secrets,
+    with_route_added,
+    with_route_removed,
+    with_route_replaced,
+)
+from kairos_core.errors import error_body
+from kairos_core.events import Event
+from kairos_gateway.runtime import GatewayRuntime, VersionConflict
+
+PUBLIC_PATHS = frozenset({"/health", "/live", "/ready"})
+EVENT_QUEUE_SIZE = 1000
+SSE_KEEPALIVE_S = 15.0
+Handler = Callable[..., Coroutine[Any, Any, HTTPResponse | None]]
+
+
+class AdminError(Exception):
+    def __init__(
+        self,
+        status: int,
+        error_type: str,
+        message: str,
+        details: list[ConfigIssue] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+        self.details = details or []
+
+
+def reply(model: BaseModel, status: int = 200, etag: str | None = None) -> HTTPResponse:
+    headers = {"ETag": f'"{etag}"'} if etag else {}
+    return HTTPResponse(
+        model.model_dump_json(), status=status, headers=headers, content_type="application/json"
+    )
+
+
+def error_response(error: AdminError, request_id: str) -> HTTPResponse:
+    document = json.loads(error_body(error.error_type, error.message, request_id))
+    document["details"] = [issue.to_dict() for issue in error.details]
+    headers = {"X-Request-ID": request_id}
+    if error.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="kairos-admin"'
+    return HTTPResponse(
+        json.dumps(document), status=error.status, headers=headers, content_type="application/json"
+    )
+
+
+def build_admin_app(runtime: GatewayRuntime) -> Sanic[Any, Any]:
+    app: Sanic[Any, Any] = Sanic("kairos_admin", configure_logging=False)
+    app.config.REQUEST_MAX_SIZE = MAX_CONFIG_BYTES + 64 * 1024
+    app.config.RESPONSE_TIMEOUT = 24 * 3600
+    app.config.MOTD = False
+    app.config.ACCESS_LOG = False
+    app.config.NOISY_EXCEPTIONS = False
+    api = AdminApi(runtime)
+    runtime.snapshot_source = lambda: api.snapshot().model_dump(mode="json")
+
+    @app.on_request
+    async def authenticate(request: Request) -> HTTPResponse | None:
+        token = runtime.state.config.admin.token
+        if not token or request.path in PUBLIC_PATHS:
+            return None
+        sent = request.headers.get("authorization", "")
+        scheme, _, credentials = sent.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            credentials.strip().encode(), token.encode()
+        ):
+            return None
+        return error_response(
+            AdminError(401, "unauthorized", "missing or invalid admin token"), _request_id(request)
+        )
+
+    async def on_error(request: Request, exception: Exception) -> HTTPResponse:
+        if isinstance(exception, AdminError):
+            return error_response(exception, _request_id(request))
+        status = getattr(exception, "status_code", 500)
+        kinds = {404: "not_found", 405: "bad_request", 413: "payload_too_large"}
+        kind = kinds.get(status, "bad_request" if status < 500 else "internal")
+        message = str(exception) if status < 500 else "internal error"
+        return error_response(AdminError(status, kind, message), _request_id(request))
+
+    app.error_handler.add(Exception, on_error)
+
+    routes: list[tuple[str, str, Handler]] = [
+        ("GET", "/health", api.health),
+        ("GET", "/live", api.health),
+        ("GET", "/ready", api.ready),
+        ("GET", "/metrics", api.prometheus),
+        ("GET", "/api/metrics", api.metrics),
+        ("GET", "/api/metrics/history", api.history),
+        ("GET", "/api/events", api.events),
+        ("GET", "/api/routes", api.list_routes),
+        ("POST", "/api/routes", api.create_route),
+        ("GET", "/api/routes/<route_id:str>", api.get_route),
+        ("PUT", "/api/routes/<route_id:str>", api.update_route),
+        ("DELETE", "/api/routes/<route_id:str>", api.delete_route),
+        ("GET", "/api/config", api.get_config),
+        ("PUT", "/api/config", api.put_config),
+        ("POST", "/api/config/validate", api.validate_config),
+        ("POST", "/api/config/reload", api.reload_config),
+        ("GET", "/api/circuits", api.circuits),
+        ("POST", "/api/circuits/<backend:path>/reset", api.reset_circuit),
+        ("POST", "/api/circuits/<backend:path>/open", api.open_circuit),
+        ("GET", "/api/ai/decisions", api.ai_decisions),
+    ]
+    for method, path, handler in routes:
+        app.add_route(handler, path, methods=[method], name=f"{method}{path}".replace("/", "_"))
+    return app
+
+
+class AdminApi:
+    """The handlers; each returns a model (as JSON) or raises :class:`AdminError`."""
+
+    def __init__(self, runtime: GatewayRuntime) -> None:
+        self.runtime = runtime
+
+    # --- health -------------------------------------------------------------------------------
+
+    async def health(self, request: Request) -> HTTPResponse:
+        return reply(
+            models.Health(status="ok", version=__version__, uptime_seconds=self.runtime.uptime_s)
+        )
+
+    async def ready(self, request: Request) -> HTTPResponse:
+        reasons = self.runtime.not_ready_reasons()
+        body = models.Ready(
+            status="not_ready" if reasons else "ready",
+            reasons=reasons,
+            config_version=self.runtime.state.version,
+        )
+        return reply(body, 503 if reasons else 200)
+
+    # --- metrics and events -------------------------------------------------------------------
+
+    async def prometheus(self, request: Request) -> HTTPResponse:
+        self.runtime.refresh_gauges()
+        return HTTPResponse(
+            self.runtime.metrics.prometheus(),
+            content_type="text/plain; version=0.0.4; charset=utf-8",
+        )
+
+    async def metrics(self, request: Request) -> HTTPResponse:
+        return reply(self.snapshot())
+
+    def snapshot(self) -> models.MetricsSnapshot:
+        runtime, shared = self.runtime, self.runtime.shared
+        metrics, state = runtime.metrics, runtime.state
+        data = metrics.summary()
+        data["in_flight"] = shared.in_flight.total()
+        data["uptime_seconds"] = round(runtime.uptime_s, 3)
+        data["config_version"] = state.version
+        data["routes"] = [
+            {
+                **metrics.route_summary(route_id),
+                "auth_required": route.auth_required,
+                "has_retry": route.retry is not None,
+                "has_rate_limit": route.rate_limit is not None,
+                "has_ai": route.router.ai_policy is not None and route.router.ai_policy.enabled,
+            }
+            for route_id, route in state.routes.items()
+        ]
+        data["backends"] = [
+            {
+                **metrics.backend_summary(circuit.backend),
+                "in_flight": circuit.in_flight,
+                "healthy": circuit.healthy,
+                "circuit": circuit,
+            }
+            for circuit in self.circuit_infos()
+        ]
+        return models.MetricsSnapshot.model_validate(data)
+
+    async def history(self, request: Request) -> HTTPResponse:
+        seconds = _int_arg(request, "seconds", 900, 1, 3600)
+        points = self.runtime.metrics.history(seconds)
+        return reply(models.MetricsHistory.model_validate({"seconds": seconds, "points": points}))
+
+    async def events(self, request: Request) -> None:
+        """SSE: replay after ``Last-Event-ID``, then live events; a comment keeps it alive."""
+        bus = self.runtime.shared.events
+        queue: asyncio.Queue[Event | None] = asyncio.Queue(EVENT_QUEUE_SIZE)
+
+        def deliver(event: Event) -> None:
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:  # a reader this slow is dropped, never waited on
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.get_nowait()
+                    queue.put_nowait(None)
+
+        last = request.headers.get("last-event-id", "")
+        unsubscribe = bus.subscribe(deliver)
+        try:
+            response = await request.respond(
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                content_type="text/event-stream",
+            )
+            await response.send(": kairos events\nretry: 1000\n\n")
+            replay = bus.since(int(last)) if last.isdigit() else []
+            sent = replay[-1].id if replay else 0
+            for event in replay:
+                await response.send(_sse(event))
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
+                except TimeoutError:
+                    await response.send(": keep-alive\n\n")
+                    continue
+                if event is None:
+                    break
+                if event.id > sent:
+                    await response.send(_sse(event))
+            await response.eof()
+        finally:
+            unsubscribe()
+        return None
+
+    # --- routes -------------------------------------------------------------------------------
+
+    async def list_routes(self, request: Request) -> HTTPResponse:
+        state = self.runtime.state
+        return reply(
+            models.RouteList(routes=self._route_infos(), config_version=state.version),
+            etag=state.version,
+        )
+
+    async def get_route(self, request: Request, route_id: str) -> HTTPResponse:
+        info = self._route_info(unquote(route_id))
+        return reply(info, etag=self.runtime.state.version)
+
+    async def create_route(self, request: Request) -> HTTPResponse:
+        body = _json_object(request)
+        ids = {info.id for info in self._route_infos()}
+        if isinstance(body.get("name"), str) and body["name"] in ids:
+            raise AdminError(409, "conflict", f"a route named {body['name']!r} already exists")
+        document = with_route_added(self.runtime.state.loaded.document, body)
+        loaded = await self._apply(request, document, "route created", conflict_on_duplicate=True)
+        routes = self._route_infos()
+        created = routes[-1]
+        self._publish_route("created", created.id)
+        return reply(
+            models.RouteChange(route=created, config_version=loaded.version), 201, loaded.version
+        )
+
+    async def update_route(self, request: Request, route_id: str) -> HTTPResponse:
+        current = self._route_info(unquote(route_id))
+        body = _json_object(request)
+        document = with_route_replaced(self.runtime.state.loaded.document, current.index, body)
+        loaded = await self._apply(request, document, "route updated", conflict_on_duplicate=True)
+        updated = self._route_infos()[current.index]
+        self._publish_route("updated", updated.id)
+        return reply(
+            models.RouteChange(route=updated, config_version=loaded.version), etag=loaded.version
+        )
+
+    async def delete_route(self, request: Request, route_id: str) -> HTTPResponse:
+        current = self._route_info(unquote(route_id))
+        document = with_route_removed(self.runtime.state.loaded.document, current.index)
+        loaded = await self._apply(request, document, "route deleted")
+        self._publish_route("deleted", current.id)
+        return reply(models.RouteChange(config_version=loaded.version), etag=loaded.version)
+
+    def _route_infos(self) -> list[models.RouteInfo]:
+        loaded = self.runtime.state.loaded
+        documents = loaded.document.get("routers", [])
+        return [
+            models.RouteInfo(id=route_id, index=index, config=redact({"r": documents[index]})["r"])
+            for index, route_id in enumerate(route_ids(loaded.config.routers))
+        ]
+
+    def _route_info(self, route_id: str) -> models.RouteInfo:
+        for info in self._route_infos():
+            if info.id == route_id:
+                return info
+        raise AdminError(404, "not_found", f"no route with id {route_id!r}")
+
+    def _publish_route(self, action: str, route_id: str) -> None:
+        self.runtime.shared.events.publish("route", {"action": action, "route": route_id})
+
+    # --- config -------------------------------------------------------------------------------
+
+    async def get_config(self, request: Request) -> HTTPResponse:
+        loaded = self.runtime.state.loaded
+        body = models.ConfigDocument(
+            config=redact(loaded.document), config_version=loaded.version, source=loaded.source
+        )
+        return reply(body, etag=loaded.version)
+
+    async def put_config(self, request: Request) -> HTTPResponse:
+        body = restore_secrets(_json_object(request), self.runtime.state.loaded.document)
+        loaded = await self._apply(request, body, "config replaced")
+        return reply(
+            models.ReloadResult(reloaded=True, config_version=loaded.version), etag=loaded.version
+        )
+
+    async def validate_config(self, request: Request) -> HTTPResponse:
+        body = restore_secrets(_json_object(request), self.runtime.state.loaded.document)
+        try:
+            loaded = validate_document(body, source="<request>")
+        except ConfigError as exc:
+            return reply(
+                models.ValidationResult(
+                    valid=False,
+                    errors=_issues(exc.errors),
+                    warnings=_issues([i for i in exc.issues if i not in exc.errors]),
+                )
+            )
+        return reply(models.ValidationResult(valid=True, warnings=_issues(loaded.issues)))
+
+    async def reload_config(self, request: Request) -> HTTPResponse:
+        try:
+            loaded = await self.runtime.reload("admin API")
+        except ConfigError as exc:
+            body = models.ReloadResult(
+                reloaded=False,
+                config_version=self.runtime.state.version,
+                errors=_issues(exc.errors),
+            )
+            return reply(body, 400)
+        return reply(models.ReloadResult(reloaded=True, config_version=loaded.version))
+
+    async def _apply(
+        self,
+        request: Request,
+        document: dict[str, Any],
+        reason: str,
+        conflict_on_duplicate: bool = False,
+    ) -> Any:
+        try:
+            return await self.runtime.apply_document(
+                document, reason, if_match=request.headers.get("if-match")
+            )
+        except VersionConflict as exc:
+            raise AdminError(412, "precondition_failed", str(exc)) from exc
+        except ConfigError as exc:
+            duplicate = [i for i in exc.errors if "duplicate route" in i.message]
+            if conflict_on_duplicate and duplicate:
+                raise AdminError(409, "conflict", duplicate[0].message, exc.errors) from exc
+            raise AdminError(
+                400, "validation_error", "the config would be invalid", exc.errors
+            ) from exc
+
+    # --- circuits and AI --------------------------------------------------------------------
+
+    def circuit_infos(self) -> list[models.CircuitInfo]:
+        shared = self.runtime.shared
+        infos = []
+        for breaker in shared.breakers:
+            snap = breaker.snapshot()
+            infos.append(
+                models.CircuitInfo(
+                    backend=snap.backend,
+                    state=snap.state,
+                    failures=snap.failures,
+                    opened_at=snap.opened_at,
+                    next_half_open_at=snap.next_half_open_at,
+                    healthy=shared.is_healthy(snap.backend),
+                    in_flight=shared.in_flight.get(snap.backend),
+                )
+            )
+        return infos
+
+    async def circuits(self, request: Request) -> HTTPResponse:
+        return reply(models.CircuitList(circuits=self.circuit_infos()))
+
+    async def reset_circuit(self, request: Request, backend: str) -> HTTPResponse:
+        return self._circuit_action(backend, close=True)
+
+    async def open_circuit(self, request: Request, backend: str) -> HTTPResponse:
+        return self._circuit_action(backend, close=False)
+
+    def _circuit_action(self, backend: str, *, close: bool) -> HTTPResponse:
+        key = unquote(backend)
+        breaker = self.runtime.shared.breakers.get(key)
+        if breaker is None:
+            raise AdminError(404, "not_found", f"no backend {key!r}")
+        if close:
+            breaker.force_close()
+        else:
+            breaker.force_open()
+        info = next(i for i in self.circuit_infos() if i.backend == key)
+        return reply(info)
+
+    async def ai_decisions(self, request: Request) -> HTTPResponse:
+        return reply(models.AiDecisionList(decisions=[]))
+
+
+def _sse(event: Event) -> str:
+    wire = models.Event(id=event.id, type=event.type, time=event.time, data=dict(event.data))
+    return f"id: {event.id}\nevent: {event.type}\ndata: {wire.model_dump_json()}\n\n"
+
+
+def _issues(issues: Any) -> list[models.ValidationIssue]:
+    return [models.ValidationIssue.model_validate(issue.to_dict()) for issue in issues]
+
+
+def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(request.body or b"null")
+    except ValueError as exc:
+        raise AdminError(400, "bad_request", f"request body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise AdminError(400, "bad_request", "request body must be a JSON object")
+    return body
+
+
+def _int_arg(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise AdminError(400, "bad_request", f"{name} must be an integer") from exc
+    return max(low, min(value, high))
+
+
+def _request_id(request: Request) -> str:
+    return request.headers.get("x-request-id") or uuid.uuid4().hex
