@@ -83,6 +83,16 @@ class ProxyRequest:
     peer_ip: str
     scheme: str = "http"
     body: AsyncIterator[bytes] | None = None
+    _by_name: dict[str, str] | None = field(default=None, repr=False)
+
+    def header(self, name: str) -> str | None:
+        """First value of the header ``name`` (lower-case), from a map built on first use."""
+        if self._by_name is None:
+            by_name: dict[str, str] = {}
+            for key, value in self.headers:
+                by_name.setdefault(key.lower(), value)
+            self._by_name = by_name
+        return self._by_name.get(name)
 
 
 @dataclass(slots=True)

@@ -35,7 +35,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-disable_created_metrics()  # `_created` series double the output and no dashboard reads them
+disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series double the output and no dashboard reads them
 
 HISTORY_SECONDS = 1200
 WINDOW_SECONDS = 60
@@ -213,6 +213,7 @@ class Metrics:
         Gauge("kairos_build_info", "Kairos version", ["version"], registry=r).labels(version).set(1)
 
         self.totals = _Totals()
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._window = _Window(HISTORY_SECONDS + 2)
         self._routes: dict[str, _Totals] = {}
         self._route_windows: dict[str, _Window] = {}
@@ -229,8 +230,15 @@ class Metrics:
         latency_ms = sample.duration_s * 1000
         overhead_ms = max(sample.overhead_s, 0.0) * 1000
 
-        self.requests.labels(route, sample.method, str(sample.status)).inc()
-        self.duration.labels(route).observe(sample.duration_s)
+        key = (route, sample.method, sample.status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(route, sample.method, str(sample.status)),
+                self.duration.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(sample.duration_s)
         self.overhead.observe(max(sample.overhead_s, 0.0))
         for totals in (self.totals, self._routes.setdefault(route, _Totals())):
             totals.requests += 1

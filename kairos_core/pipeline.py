@@ -149,7 +149,7 @@ class Pipeline:
                 _require_upgrade(ctx)
                 return self._finish(ctx, await self._open_websocket(ctx, route, match))
             response = await self._forward(ctx, route, match)
-            return self._finish(ctx, self._transform_response(ctx, route, response))
+            return self._finish(ctx, await self._transform_response(ctx, route, response))
         except GatewayError as error:
             return self._finish(ctx, self._error_response(ctx, error))
 
@@ -157,7 +157,7 @@ class Pipeline:
 
     def _accept(self, request: ProxyRequest) -> _Context:
         state = self._state
-        sent_id = header(request.headers, "x-request-id")
+        sent_id = request.header("x-request-id")
         request_id = sent_id if sent_id and _SANE_REQUEST_ID.fullmatch(sent_id) else None
         record = RequestRecord(
             request_id=request_id or uuid.uuid4().hex,
@@ -165,11 +165,11 @@ class Pipeline:
             method=request.method,
             path=request.raw_path,
         )
-        return _Context(request, state, record, header(request.headers, "host"))
+        return _Context(request, state, record, request.header("host"))
 
     def _check_body_size(self, ctx: _Context) -> None:
         """Refuse a declared body over the cap before reading any of it."""
-        length = header(ctx.request.headers, "content-length")
+        length = ctx.request.header("content-length")
         limit = ctx.state.config.server.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:
             raise GatewayError(
@@ -179,7 +179,7 @@ class Pipeline:
     def _route(self, ctx: _Context) -> RouteMatch[CompiledRoute]:
         method = ctx.request.method
         if _is_preflight(ctx) and ctx.state.cors is not None:
-            method = header(ctx.request.headers, "access-control-request-method") or method
+            method = ctx.request.header("access-control-request-method") or method
         result = ctx.state.table.lookup(method, ctx.request.raw_path, ctx.host)
         if isinstance(result, RouteMatch):
             ctx.record.route_id = result.spec.route_id
@@ -198,12 +198,12 @@ class Pipeline:
 
     def _cors(self, ctx: _Context, match: RouteMatch[CompiledRoute]) -> ProxyResponse | None:
         cors = ctx.state.cors
-        origin = header(ctx.request.headers, "origin")
+        origin = ctx.request.header("origin")
         if cors is None or origin is None:
             return None
         if _is_preflight(ctx):
-            requested = header(ctx.request.headers, "access-control-request-method") or ""
-            asked = header(ctx.request.headers, "access-control-request-headers")
+            requested = ctx.request.header("access-control-request-method") or ""
+            asked = ctx.request.header("access-control-request-headers")
             return ProxyResponse(204, cors.preflight(origin, requested, asked))
         ctx.cors_headers = cors.actual(origin)
         return None
@@ -215,7 +215,7 @@ class Pipeline:
         if verifier is None:  # validation forbids this; fail closed all the same
             raise GatewayError("authentication_error", "authentication is not configured")
         try:
-            ctx.identity = verifier.verify_header(header(ctx.request.headers, "authorization"))
+            ctx.identity = verifier.verify_header(ctx.request.header("authorization"))
         except AuthError as exc:
             raise GatewayError(
                 "authentication_error",
@@ -293,14 +293,12 @@ class Pipeline:
 
     def _forwarded_headers(self, ctx: _Context) -> Headers:
         request = ctx.request
-        sent_for = header(request.headers, "x-forwarded-for")
+        sent_for = request.header("x-forwarded-for")
         trusted = _is_trusted(request.peer_ip, ctx.state.trusted_proxies)
         forwarded_for = (
             f"{sent_for}, {request.peer_ip}" if sent_for and trusted else ctx.record.client_ip
         )
-        proto = (
-            header(request.headers, "x-forwarded-proto") if trusted else None
-        ) or request.scheme
+        proto = (request.header("x-forwarded-proto") if trusted else None) or request.scheme
         out = [
             ("X-Forwarded-For", forwarded_for),
             ("X-Forwarded-Proto", proto),
@@ -398,7 +396,7 @@ class Pipeline:
         upstream_request = self._transform_request(ctx, route, match, backend, None)
         protocols = [
             p.strip()
-            for p in (header(request.headers, "sec-websocket-protocol") or "").split(",")
+            for p in (request.header("sec-websocket-protocol") or "").split(",")
             if p.strip()
         ]
         headers = [
@@ -430,16 +428,32 @@ class Pipeline:
 
         return ProxyResponse(101, [], websocket=ws, on_close=close)
 
-    def _transform_response(
+    async def _transform_response(
         self, ctx: _Context, route: CompiledRoute, response: UpstreamResponse
     ) -> ProxyResponse:
+        """Response transformation, then the body: small bodies whole, the rest streamed.
+
+        A body the upstream declared at most ``BUFFER_BODY_BYTES`` long is read at once: one
+        write to the client instead of a chunked stream, and the upstream connection goes back
+        to the pool before the client has read anything. Everything else (SSE, chunked, large,
+        HEAD) streams chunk by chunk with backpressure.
+        """
         status, headers = response.status, strip_hop_by_hop(response.headers)
         if route.response_transform is not None:
             parts = route.response_transform.apply(ResponseParts(status, tuple(headers)))
             status, headers = parts.status, list(parts.headers)
         headers.extend(ctx.cors_headers)
-        body = _relay(response, ctx.record)
-        return ProxyResponse(status, headers, body, on_close=response.close)
+        length = header(headers, "content-length")
+        small = length is not None and length.isdigit() and int(length) <= BUFFER_BODY_BYTES
+        if small and ctx.request.method != "HEAD":
+            try:
+                body = b"".join([chunk async for chunk in _relay(response, ctx.record)])
+            except UpstreamError as exc:
+                raise GatewayError("upstream", exc.message) from exc
+            finally:
+                await response.close()
+            return ProxyResponse(status, without(headers, "content-length"), body)
+        return ProxyResponse(status, headers, _relay(response, ctx.record), on_close=response.close)
 
     def _error_response(self, ctx: _Context, error: GatewayError) -> ProxyResponse:
         ctx.record.error_type = error.error_type
@@ -515,6 +529,7 @@ async def _relay(response: UpstreamResponse, record: RequestRecord) -> AsyncIter
 
 
 NON_IDEMPOTENT = frozenset({"POST", "PATCH"})
+BUFFER_BODY_BYTES = 64 * 1024
 
 
 class _RequestBody:
@@ -532,8 +547,8 @@ class _RequestBody:
     @classmethod
     async def prepare(cls, request: ProxyRequest, route: CompiledRoute, limit: int) -> _RequestBody:
         body = request.body
-        length = header(request.headers, "content-length")
-        chunked = "chunked" in (header(request.headers, "transfer-encoding") or "").lower()
+        length = request.header("content-length")
+        chunked = "chunked" in (request.header("transfer-encoding") or "").lower()
         if body is None or (not chunked and (length is None or length == "0")):
             return cls(None, replayable=True)
         stream = _capped(body, limit)
@@ -614,7 +629,7 @@ def _classify(ctx: _Context, policy: RetryConfig, outcome: _Outcome) -> RetryDec
     may_resend = (
         request.method not in NON_IDEMPOTENT
         or policy.retry_non_idempotent
-        or header(request.headers, "idempotency-key") is not None
+        or request.header("idempotency-key") is not None
     )
     if outcome.response is not None:
         status = outcome.response.status
@@ -652,7 +667,7 @@ def _no_candidate(shared: SharedState, backends: tuple[Backend, ...]) -> Gateway
 
 
 def _require_upgrade(ctx: _Context) -> None:
-    if (header(ctx.request.headers, "upgrade") or "").lower() != "websocket":
+    if (ctx.request.header("upgrade") or "").lower() != "websocket":
         raise GatewayError("bad_request", "this route expects a WebSocket upgrade request")
 
 
@@ -677,11 +692,11 @@ def _loop_deadline(deadline: float | None) -> float | None:
 
 
 def _is_preflight(ctx: _Context) -> bool:
-    headers = ctx.request.headers
+    request = ctx.request
     return (
-        ctx.request.method == "OPTIONS"
-        and header(headers, "origin") is not None
-        and header(headers, "access-control-request-method") is not None
+        request.method == "OPTIONS"
+        and request.header("origin") is not None
+        and request.header("access-control-request-method") is not None
     )
 
 
@@ -699,7 +714,7 @@ def _client_ip(request: ProxyRequest, trusted: Networks) -> str:
     """The peer address, or the right-most untrusted ``X-Forwarded-For`` hop behind a proxy."""
     if not _is_trusted(request.peer_ip, trusted):
         return request.peer_ip
-    hops = [h.strip() for h in (header(request.headers, "x-forwarded-for") or "").split(",")]
+    hops = [h.strip() for h in (request.header("x-forwarded-for") or "").split(",")]
     for hop in reversed([h for h in hops if h]):
         if not _is_trusted(hop, trusted):
             return hop

@@ -7,7 +7,8 @@ never shares counters with the global policy.
 
 - ``PerIP``: the client IP (the peer, or ``X-Forwarded-For`` from a trusted proxy);
 - ``PerUser``: the JWT ``sub``; a request without a verified user is keyed by IP instead
-  (``user`` is never taken from an unverified header);
+  (``user`` is never taken from an unverified header); when two strategies of a Composite
+  produce the same key (PerIP and PerUser for an anonymous request) it is charged once;
 - ``PerRoute``: the route id (never the raw path, so ``/users/1`` and ``/users/2`` share it);
 - ``PerIPAndRoute`` / ``PerUserAndRoute``: both parts.
 
@@ -75,10 +76,11 @@ def limit_keys(
         "PerIPAndRoute": f"route={route_id}:ip={client_ip}",
         "PerUserAndRoute": f"route={route_id}:{who_user}",
     }
-    return tuple(
-        LimitKey(strategy, f"{policy.redis_key_prefix}:{scope}:{parts[strategy]}")
-        for strategy in policy.strategies
-    )
+    keys: dict[str, LimitKey] = {}
+    for strategy in policy.strategies:
+        key = f"{policy.redis_key_prefix}:{scope}:{parts[strategy]}"
+        keys.setdefault(key, LimitKey(strategy, key))  # one counter is charged once
+    return tuple(keys.values())
 
 
 def describe(policy: RateLimitConfig) -> str:
@@ -126,27 +128,27 @@ class TokenBuckets:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._buckets: dict[str, tuple[float, float, float]] = {}  # tokens, updated, full at
         self._operations = 0
 
     def take(self, key: str, capacity: int, rate_per_s: float) -> LimitDecision:
         now = self._clock()
-        tokens, updated = self._buckets.get(key, (float(capacity), now))
+        tokens, updated, _ = self._buckets.get(key, (float(capacity), now, now))
         tokens = min(float(capacity), tokens + (now - updated) * rate_per_s)
         allowed = tokens >= 1.0
         if allowed:
             tokens -= 1.0
-        self._buckets[key] = (tokens, now)
+        until_full = (capacity - tokens) / rate_per_s
+        self._buckets[key] = (tokens, now, now + until_full)
         self._operations += 1
         if self._operations % self._SWEEP_EVERY == 0:
-            self._sweep(now, capacity, rate_per_s)
+            self._sweep(now)
         until_one = 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate_per_s
-        until_full = (capacity - tokens) / rate_per_s
         return LimitDecision(allowed, capacity, int(tokens), until_full, until_one)
 
-    def _sweep(self, now: float, capacity: int, rate_per_s: float) -> None:
-        full_after = capacity / rate_per_s
-        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}
+    def _sweep(self, now: float) -> None:
+        """Forget buckets that have refilled completely: they would start full anyway."""
+        self._buckets = {k: v for k, v in self._buckets.items() if v[2] > now}
 
 
 class RateLimiter:

@@ -36,6 +36,8 @@ def backoff_ms(policy: RetryConfig, retry_index: int) -> float:
     """Upper bound of the wait before retry ``retry_index`` (0 = the first retry)."""
     if retry_index < 0:
         raise ValueError("retry_index must be >= 0")
+    if policy.initial_backoff_ms == 0:
+        return 0.0
     # exponent grows without bound; cap before the power overflows a float
     exponent = min(retry_index, 1024)
     try:
@@ -186,7 +188,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

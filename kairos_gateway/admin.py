@@ -227,6 +227,7 @@ class AdminApi:
 
         last = request.headers.get("last-event-id", "")
         unsubscribe = bus.subscribe(deliver)
+        self.runtime.event_streams += 1
         try:
             response = await request.respond(
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -249,6 +250,7 @@ class AdminApi:
                     await response.send(_sse(event))
             await response.eof()
         finally:
+            self.runtime.event_streams -= 1
             unsubscribe()
         return None
 

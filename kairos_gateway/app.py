@@ -46,7 +46,7 @@ def build_proxy_app(runtime: GatewayRuntime) -> Sanic[Any, Any]:
             query=query,
             headers=list(request.headers.items()),
             peer_ip=request.conn_info.client_ip if request.conn_info else "",
-            scheme=request.scheme,
+            scheme="https" if request.conn_info and request.conn_info.ssl else "http",
             body=_request_body(request),
         )
         result = await runtime.pipeline.handle(proxy_request)

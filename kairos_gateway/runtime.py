@@ -51,6 +51,7 @@ class GatewayRuntime:
         state = compile_state(loaded, self.shared)
         self.pipeline = Pipeline(state, self.upstream, on_record=self._on_record)
         self.snapshot_source: Any = None  # set by the admin app: () -> dict for `snapshot` events
+        self.event_streams = 0  # open /api/events connections; snapshots are built only for them
         self._log_format = log_format
         self._background: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
@@ -181,7 +182,7 @@ class GatewayRuntime:
         while True:
             await asyncio.sleep(1 - time.time() % 1)
             self.refresh_gauges()
-            if self.snapshot_source is not None:
+            if self.snapshot_source is not None and self.event_streams > 0:
                 try:
                     self.shared.events.publish("snapshot", self.snapshot_source())
                 except Exception:

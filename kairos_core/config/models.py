@@ -9,6 +9,7 @@ These models check shape, types and enums; the cross-field rules live in
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -135,7 +136,7 @@ class Backend(_Model):
     description: str | None = None
     tags: tuple[str, ...] = ()
 
-    @property
+    @cached_property
     def key(self) -> str:
         """Stable identity ``scheme://host:port``, shared by every route using this backend."""
         return f"{self.host.rstrip('/')}:{self.port}"
