@@ -1,6 +1,6 @@
 """The request pipeline of DESIGN.md §2, one step per method, read top to bottom in ``handle``.
 
-1. accept: request id, client IP, declared body size over the cap (413)
+1. accept: request id, client IP, malformed headers (400), declared body over the cap (413)
 2. route: method + path (+ host) → route, params, upstream path (404 / 405 / 400)
 3. CORS: answer preflight
 4. authenticate: JWT when the route requires it (401)
@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from kairos_core.auth import AuthError, Identity
 from kairos_core.breaker import Trial
@@ -53,7 +54,10 @@ from kairos_core.upstream import UpstreamClient, UpstreamError, UpstreamRequest,
 
 log = logging.getLogger("kairos.pipeline")
 Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+_E = TypeVar("_E", bound=BaseException)
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _FORWARDED = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id", "host")
 
 
@@ -137,6 +141,7 @@ class Pipeline:
     async def handle(self, request: ProxyRequest) -> ProxyResponse:
         ctx = self._accept(request)
         try:
+            self._check_headers(ctx)
             self._check_body_size(ctx)
             match = self._route(ctx)
             preflight = self._cors(ctx, match)
@@ -153,6 +158,22 @@ class Pipeline:
         except GatewayError as error:
             return self._finish(ctx, self._error_response(ctx, error))
 
+    def reject(self, request: ProxyRequest, error_type: ErrorType, message: str) -> ProxyResponse:
+        """Answer a request the server refused before the pipeline could run (bad method, bad
+        framing) with the pipeline's error shape; a 405 lists what the path allows."""
+        ctx = self._accept(request)
+        headers: tuple[tuple[str, str], ...] = ()
+        if error_type == "method_not_allowed":
+            result = ctx.state.table.lookup(request.method, request.raw_path, ctx.host)
+            if isinstance(result, MethodNotAllowed):
+                headers = (("Allow", ", ".join(result.allowed)),)
+                message = f"method {request.method} not allowed; allowed: {headers[0][1]}"
+            elif isinstance(result, NotFound):
+                error_type, message = "route_not_found", f"no route for {request.raw_path}"
+        return self._finish(
+            ctx, self._error_response(ctx, GatewayError(error_type, message, headers))
+        )
+
     # --- steps ----------------------------------------------------------------------------------
 
     def _accept(self, request: ProxyRequest) -> _Context:
@@ -166,6 +187,14 @@ class Pipeline:
             path=request.raw_path,
         )
         return _Context(request, state, record, request.header("host"))
+
+    def _check_headers(self, ctx: _Context) -> None:
+        """Header names must be tokens and values free of control characters (RFC 9110)."""
+        for name, value in ctx.request.headers:
+            if not _TOKEN.fullmatch(name):
+                raise GatewayError("bad_request", f"malformed header name {name!r}")
+            if _CONTROL.search(value):
+                raise GatewayError("bad_request", f"control character in header {name!r}")
 
     def _check_body_size(self, ctx: _Context) -> None:
         """Refuse a declared body over the cap before reading any of it."""
@@ -466,6 +495,7 @@ class Pipeline:
         """Security headers and request id on every response; the record once the body is done."""
         if ctx.state.config.server.security_headers:
             response.headers = add_missing(response.headers, SECURITY_HEADERS)
+        response.headers = without(response.headers, "x-request-id")
         response.headers.extend(ctx.limit_headers)
         response.headers.append(("X-Request-ID", ctx.record.request_id))
         ctx.record.status = response.status
@@ -603,14 +633,26 @@ def _attempt_outcome(exc: BaseException) -> str:
     return "cancelled"
 
 
+def _find_cause(exc: BaseException, kind: type[_E]) -> _E | None:
+    """``exc`` or the first exception of type ``kind`` in its cause/context chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _failed_attempt(exc: BaseException, trial: Trial) -> _Outcome:
     """Report an attempt that raised to its breaker and turn it into an outcome.
 
     Cancellation (client gone) and the request deadline are not the backend's fault: reported as
     nothing. A body over the cap is the client's fault: nothing either.
     """
-    too_large = exc if isinstance(exc, _BodyTooLarge) else exc.__cause__
-    if isinstance(too_large, _BodyTooLarge):
+    too_large = _find_cause(exc, _BodyTooLarge)
+    if too_large is not None:
         trial.cancel()
         return _Outcome(error=too_large.error)
     if isinstance(exc, UpstreamError):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,15 +17,15 @@ from sanic import Request, Sanic
 from sanic.compat import Header
 from sanic.response import HTTPResponse
 
-from kairos_core.errors import error_body
+from kairos_core.errors import ErrorType
 from kairos_core.http import ProxyRequest, ProxyResponse
 from kairos_core.websocket import relay
 from kairos_gateway.runtime import GatewayRuntime
 from kairos_gateway.websocket import SanicPeer
 
 log = logging.getLogger("kairos.gateway")
-# Sanic's router has no TRACE; such requests get the JSON 405 from _framework_error (as Envoy and
-# most hardened gateways do, TRACE is never forwarded).
+# Sanic's router has no TRACE; such requests get the pipeline's JSON 405 (with Allow) from
+# _framework_error: as with most hardened gateways, TRACE is never forwarded.
 ALL_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
 # the pipeline enforces server.max_body_bytes itself (with a JSON 413); Sanic must not cut first
 _UNBOUNDED_BODY = 1 << 62
@@ -38,24 +37,13 @@ def build_proxy_app(runtime: GatewayRuntime) -> Sanic[Any, Any]:
     _configure(app, runtime)
 
     async def proxy(request: Request, path: str = "") -> HTTPResponse | None:
-        raw = request.raw_url.decode("latin-1")
-        raw_path, _, query = raw.partition("?")
-        proxy_request = ProxyRequest(
-            method=request.method,
-            raw_path=raw_path,
-            query=query,
-            headers=list(request.headers.items()),
-            peer_ip=request.conn_info.client_ip if request.conn_info else "",
-            scheme="https" if request.conn_info and request.conn_info.ssl else "http",
-            body=_request_body(request),
-        )
-        result = await runtime.pipeline.handle(proxy_request)
+        result = await runtime.pipeline.handle(_proxy_request(request))
         return await _send(request, result)
 
     app.add_route(proxy, "/", methods=ALL_METHODS, stream=True, name="root")
     app.add_route(proxy, "/<path:path>", methods=ALL_METHODS, stream=True, unquote=False)
 
-    app.error_handler.add(Exception, _framework_error)
+    app.error_handler.add(Exception, _framework_error(runtime))
     app.enable_websocket(True)
 
     @app.before_server_start
@@ -69,21 +57,58 @@ def build_proxy_app(runtime: GatewayRuntime) -> Sanic[Any, Any]:
     return app
 
 
-def _framework_error(request: Request, exception: Exception) -> HTTPResponse:
-    """Errors Sanic raises before the pipeline runs, in the gateway's JSON error shape."""
-    status = getattr(exception, "status_code", 500)
-    error_type = {400: "bad_request", 404: "route_not_found", 405: "method_not_allowed"}.get(
-        status, "payload_too_large" if status == 413 else "internal"
-    )
-    if status >= 500:
-        log.exception("unhandled error", exc_info=exception)
-    message = str(exception) if status < 500 else "internal gateway error"
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    return HTTPResponse(
-        error_body(error_type, message, request_id),
-        status=status,
-        headers={"X-Request-ID": request_id},
-        content_type="application/json",
+def _framework_error(runtime: GatewayRuntime) -> Any:
+    """Errors Sanic raises before the pipeline runs (TRACE, malformed requests), answered by the
+    pipeline's own error path: same JSON body, ``Allow``, security headers and request-id rules."""
+
+    def handle(request: Request, exception: Exception) -> HTTPResponse:
+        status = getattr(exception, "status_code", 500)
+        if status >= 500:
+            log.exception("unhandled error", exc_info=exception)
+        kinds: dict[int, ErrorType] = {
+            400: "bad_request",
+            404: "route_not_found",
+            405: "method_not_allowed",
+            413: "payload_too_large",
+        }
+        error_type = kinds.get(status, "internal")
+        message = str(exception) if status < 500 else "internal gateway error"
+        result = runtime.pipeline.reject(_proxy_request(request, body=False), error_type, message)
+        assert isinstance(result.body, bytes)
+        response = _Response(result.body, status=result.status, headers=Header(result.headers))
+        asyncio.get_running_loop().create_task(result.close())
+        return response
+
+    return handle
+
+
+class _Response(HTTPResponse):
+    """A response whose headers are sent exactly as given (the pipeline already decided them).
+
+    Sanic's own processing would invent ``content-type: None`` for an upstream answer without a
+    Content-Type, and re-sanitize headers the HTTP parser already checked.
+    """
+
+    @property
+    def processed_headers(self) -> Any:
+        return (
+            (name.encode("latin-1"), f"{value}".encode(errors="surrogateescape"))
+            for name, value in self.headers.items()
+        )
+
+
+def _proxy_request(request: Request, *, body: bool = True) -> ProxyRequest:
+    raw = request.raw_url.decode("latin-1")
+    raw_path, _, query = raw.partition("?")
+    conn_info = request.conn_info
+    return ProxyRequest(
+        method=request.method,
+        raw_path=raw_path,
+        query=query,
+        headers=list(request.headers.items()),
+        peer_ip=conn_info.client_ip if conn_info else "",
+        scheme="https" if conn_info and conn_info.ssl else "http",
+        body=_request_body(request) if body else None,
     )
 
 
@@ -120,14 +145,19 @@ async def _send(request: Request, result: ProxyResponse) -> HTTPResponse | None:
             ws = await protocol.websocket_handshake(request, subprotocols)
             await relay(SanicPeer(ws), result.websocket)
             return None
+        headers = Header(result.headers)
         if isinstance(result.body, bytes):
-            return HTTPResponse(result.body, status=result.status, headers=Header(result.headers))
-        response = await request.respond(status=result.status, headers=Header(result.headers))
-        async for chunk in result.body:
-            await response.send(chunk)
+            return _Response(result.body, status=result.status, headers=headers)
+        response = await request.respond(_Response(status=result.status, headers=headers))
+        try:
+            async for chunk in result.body:
+                await response.send(chunk)
+        except Exception:
+            # the head is gone: the only honest signal left is an aborted connection, never a
+            # terminating chunk that would make a truncated body look complete
+            request.transport.abort()
+            return None
         await response.eof()
         return None
-    except asyncio.CancelledError:
-        raise
     finally:
         await asyncio.shield(result.close())

@@ -17,6 +17,7 @@ from sanic import Sanic
 
 from kairos_core import __version__
 from kairos_core.config import ConfigError, load_config
+from kairos_core.config.rules import is_loopback
 from kairos_gateway.admin import build_admin_app
 from kairos_gateway.app import build_proxy_app
 from kairos_gateway.runtime import GatewayRuntime
@@ -40,6 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    parser.add_argument(
+        "--upstream-client",
+        default="h1",
+        choices=["h1", "aiohttp"],
+        help="upstream HTTP client: Kairos's keep-alive HTTP/1.1 client (default) or aiohttp",
+    )
     parser.add_argument("--version", action="version", version=f"kairos-gateway {__version__}")
     return parser.parse_args(argv)
 
@@ -91,12 +98,21 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("kairos.config").info("%s: %s", issue.severity, issue)
 
     config = loaded.config
-    runtime = GatewayRuntime(loaded, path, log_format=args.log_format)
+    runtime = GatewayRuntime(
+        loaded, path, log_format=args.log_format, upstream_client=args.upstream_client
+    )
     proxy = build_proxy_app(runtime)
     admin = build_admin_app(runtime)
     proxy_host, proxy_port = args.host or config.server.host, args.port or config.server.port
     admin_host = args.admin_host or config.admin.host
     admin_port = args.admin_port or config.admin.port
+    if not is_loopback(admin_host) and not config.admin.token:
+        print(
+            f"✗ refusing to serve the admin API on non-loopback host {admin_host!r} without a "
+            "token: set admin.token or KAIROS_ADMIN_TOKEN",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
     proxy.prepare(host=proxy_host, port=proxy_port, single_process=True, motd=False)
     admin.prepare(host=admin_host, port=admin_port, single_process=True, motd=False)
     logging.getLogger("kairos.gateway").info(

@@ -26,10 +26,11 @@ from kairos_core import __version__
 from kairos_core.config import ConfigError, LoadedConfig, load_config, validate_document
 from kairos_core.config.store import write_atomically
 from kairos_core.events import Event
+from kairos_core.h1client import H1Upstream
 from kairos_core.metrics import Metrics
 from kairos_core.pipeline import Pipeline, RequestRecord
 from kairos_core.state import RuntimeState, SharedState, compile_state
-from kairos_core.upstream import AiohttpUpstream
+from kairos_core.upstream import AiohttpUpstream, UpstreamClient
 
 log = logging.getLogger("kairos.gateway")
 access_log = logging.getLogger("kairos.access")
@@ -40,11 +41,18 @@ class GatewayRuntime:
     """Owns the pipeline and everything that outlives one request."""
 
     def __init__(
-        self, loaded: LoadedConfig, config_path: Path, *, log_format: str = "text"
+        self,
+        loaded: LoadedConfig,
+        config_path: Path,
+        *,
+        log_format: str = "text",
+        upstream_client: str = "h1",
     ) -> None:
         self.config_path = config_path
         self.started = time.monotonic()
-        self.upstream = AiohttpUpstream()
+        self.upstream: UpstreamClient = (
+            AiohttpUpstream() if upstream_client == "aiohttp" else H1Upstream()
+        )
         self.shared = SharedState(upstream=self.upstream)
         self.metrics = Metrics(__version__)
         self.shared.events.subscribe(self._count_event)

@@ -373,7 +373,7 @@ def _check_server(config: GatewayConfig) -> Iterator[ConfigIssue]:
             f"workers = {config.server.workers} needs 'cluster.redis_url': in-memory rate limits "
             "and breakers would be per worker",
         )
-    if not _is_loopback(config.admin.host) and not config.admin.token:
+    if not is_loopback(config.admin.host) and not config.admin.token:
         yield ConfigIssue(
             "admin.host",
             f"admin listener on non-loopback host {config.admin.host!r} needs 'admin.token' "
@@ -385,7 +385,7 @@ def _check_server(config: GatewayConfig) -> Iterator[ConfigIssue]:
         yield ConfigIssue("admin.port", "the admin and proxy listeners cannot share an address")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host in LOOPBACK_NAMES:
         return True
     try:

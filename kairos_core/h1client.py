@@ -1,0 +1,398 @@
+"""A keep-alive HTTP/1.1 upstream client on asyncio protocols and httptools' parser.
+
+It implements :class:`~kairos_core.upstream.UpstreamClient` for plain requests (WebSocket
+upgrades are delegated to the aiohttp client) and exists for speed: the pass-through path does
+one write per request and parses the answer in C, without aiohttp's per-request machinery.
+
+Rules (the same contract as :class:`~kairos_core.upstream.AiohttpUpstream`):
+
+- one pool of idle keep-alive connections per origin; a connection goes back to the pool only
+  after its response was read to the end and both sides agreed to keep it alive; idle
+  connections older than ``IDLE_TIMEOUT_S`` (4 s, below the usual 5 s server keep-alive) are
+  closed rather than reused;
+- the request target is sent exactly as given (already percent-encoded); ``Host`` is the
+  backend's unless the caller set one; a bytes body gets ``Content-Length``, a stream is sent
+  with the caller's ``Content-Length`` or chunked;
+- ``connect_timeout_s`` bounds the TCP (and TLS) connect, ``read_timeout_s`` the wait for the
+  response head and every gap between body chunks;
+- the response body streams with backpressure: the socket stops being read while more than
+  ``HIGH_WATER_BYTES`` wait to be consumed;
+- a reused connection that the server had closed while idle fails before any byte arrives; such
+  a request is sent again once on a fresh connection when its method is idempotent (it cannot
+  have been processed), and reported as ``reset`` otherwise;
+- failures are :class:`~kairos_core.upstream.UpstreamError` with the same kinds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from typing import cast
+from urllib.parse import SplitResult, urlsplit
+
+import httptools
+
+from kairos_core.upstream import (
+    AiohttpUpstream,
+    Headers,
+    UpstreamError,
+    UpstreamRequest,
+    UpstreamResponse,
+)
+from kairos_core.websocket import UpstreamWebSocket
+
+IDLE_TIMEOUT_S = 4.0
+HIGH_WATER_BYTES = 256 * 1024
+LOW_WATER_BYTES = 64 * 1024
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class _StaleConnection(Exception):
+    """A reused connection died before answering anything."""
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection; parses one response at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reused = False
+        self.idle_since = time.monotonic()
+        self._loop = asyncio.get_running_loop()
+        self._parser: httptools.HttpResponseParser | None = None
+        self._head: asyncio.Future[None] | None = None
+        self._headers: list[tuple[str, str]] = []
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._body_event = asyncio.Event()
+        self._complete = False
+        self._received_any = False
+        self._error: BaseException | None = None
+        self._paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self.status = 0
+        self.keep_alive = False
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self._received_any = True
+        if self._parser is None:  # bytes nobody asked for: the connection is unusable
+            self.abort()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamError("invalid", "unexpected protocol upgrade", sent=True))
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError("invalid", f"invalid upstream response: {exc}", sent=True))
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self._complete:
+            if self.reused and not self._received_any:
+                self._fail(_StaleConnection())
+            else:
+                self._fail(UpstreamError("reset", "upstream closed the connection", sent=True))
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(ConnectionResetError("connection lost while writing"))
+
+    def pause_writing(self) -> None:
+        self._drain = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        self._drain = None
+
+    # --- httptools callbacks ------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        assert self._parser is not None
+        self.status = self._parser.get_status_code()
+        if 100 <= self.status < 200:  # interim answer (100 Continue): wait for the real one
+            self._headers = []
+            return
+        self.keep_alive = self._parser.should_keep_alive()
+        if self._head is not None and not self._head.done():
+            self._head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._buffered += len(body)
+        self._body_event.set()
+        if self._buffered > HIGH_WATER_BYTES and not self._paused and self.transport:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        if 100 <= self.status < 200:
+            return
+        self._complete = True
+        self._body_event.set()
+
+    # --- use ----------------------------------------------------------------------------------
+
+    def begin(self, method: str) -> asyncio.Future[None]:
+        self._parser = httptools.HttpResponseParser(self)
+        if method == "HEAD":
+            self._parser.set_dangerous_leniencies(lenient_keep_alive=True)
+        self._method = method
+        self._head = self._loop.create_future()
+        self._headers = []
+        self._chunks.clear()
+        self._buffered = 0
+        self._body_event.clear()
+        self._complete = False
+        self._received_any = False
+        self._error = None
+        return self._head
+
+    @property
+    def head_headers(self) -> list[tuple[str, str]]:
+        return self._headers
+
+    def head_complete_without_body(self) -> bool:
+        """HEAD answers and 204/304 carry no body whatever their headers say."""
+        return self._method == "HEAD" or self.status in _NO_BODY_STATUSES
+
+    async def write(self, data: bytes) -> None:
+        if self.transport is None or self.closed:
+            raise ConnectionResetError("connection closed")
+        self.transport.write(data)
+        if self._drain is not None:
+            await self._drain
+
+    async def next_chunk(self, timeout_s: float) -> bytes | None:
+        """The next body chunk, or None at the end of the body."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._complete:
+                return None
+            self._body_event.clear()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._body_event.wait()
+            except TimeoutError as exc:
+                raise UpstreamError(
+                    "timeout", "upstream stopped sending the body", sent=True
+                ) from exc
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        if self._paused and self._buffered < LOW_WATER_BYTES and self.transport:
+            self._paused = False
+            self.transport.resume_reading()
+        return chunk
+
+    @property
+    def finished(self) -> bool:
+        return self._complete and not self._chunks
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _fail(self, error: BaseException) -> None:
+        self._error = error
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(error)
+        self._body_event.set()
+        if not isinstance(error, _StaleConnection):
+            self.abort()
+
+
+class _H1Response:
+    def __init__(self, client: H1Upstream, origin: str, conn: _Connection, timeout_s: float):
+        self._client = client
+        self._origin = origin
+        self._conn = conn
+        self._timeout_s = timeout_s
+        self._done = False
+        self.status = conn.status
+        self.headers = list(conn.head_headers)
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        if self._conn.head_complete_without_body():
+            return
+        while True:
+            chunk = await self._conn.next_chunk(self._timeout_s)
+            if chunk is None:
+                return
+            yield chunk
+
+    async def close(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        conn = self._conn
+        reusable = (
+            conn.keep_alive
+            and not conn.closed
+            and (conn.finished or conn.head_complete_without_body())
+        )
+        if reusable:
+            self._client._release(self._origin, conn)
+        else:
+            conn.abort()
+
+
+class H1Upstream:
+    """:class:`~kairos_core.upstream.UpstreamClient` on pooled keep-alive HTTP/1.1 connections."""
+
+    def __init__(self) -> None:
+        self._idle: dict[str, deque[_Connection]] = {}
+        self._websockets = AiohttpUpstream()
+        self._tls = ssl.create_default_context()
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        parts = urlsplit(request.url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        head, body = _serialize(request, parts.netloc, target)
+        for attempt in range(2):
+            conn = await self._acquire(origin, parts, request.connect_timeout_s)
+            head_ready = conn.begin(request.method)
+            try:
+                await self._write(conn, head, body)
+                async with asyncio.timeout(request.read_timeout_s):
+                    await head_ready
+            except _StaleConnection:
+                conn.abort()
+                if attempt == 0 and request.method in IDEMPOTENT and not _is_stream(body):
+                    continue
+                raise UpstreamError("reset", "upstream closed the connection", sent=True) from None
+            except TimeoutError as exc:
+                conn.abort()
+                raise UpstreamError(
+                    "timeout", "upstream did not answer in time", sent=True
+                ) from exc
+            except (ConnectionError, OSError) as exc:
+                conn.abort()
+                raise UpstreamError(
+                    "reset", f"upstream connection failed: {exc}", sent=True
+                ) from exc
+            except BaseException:
+                conn.abort()
+                raise
+            return _H1Response(self, origin, conn, request.read_timeout_s)
+        raise AssertionError("unreachable")
+
+    async def connect_websocket(
+        self, url: str, headers: Headers, protocols: Sequence[str], connect_timeout_s: float
+    ) -> UpstreamWebSocket:
+        return await self._websockets.connect_websocket(url, headers, protocols, connect_timeout_s)
+
+    async def close(self) -> None:
+        for pool in self._idle.values():
+            for conn in pool:
+                conn.abort()
+        self._idle.clear()
+        await self._websockets.close()
+
+    # --- pool -------------------------------------------------------------------------------------
+
+    async def _acquire(
+        self, origin: str, parts: SplitResult, connect_timeout_s: float
+    ) -> _Connection:
+        pool = self._idle.get(origin)
+        now = time.monotonic()
+        while pool:
+            conn = pool.pop()
+            if not conn.closed and now - conn.idle_since < IDLE_TIMEOUT_S:
+                conn.reused = True
+                return conn
+            conn.abort()
+        return await self._connect(parts, connect_timeout_s)
+
+    def _release(self, origin: str, conn: _Connection) -> None:
+        conn.idle_since = time.monotonic()
+        self._idle.setdefault(origin, deque()).append(conn)
+
+    async def _connect(self, parts: SplitResult, timeout_s: float) -> _Connection:
+        scheme = parts.scheme
+        host = parts.hostname or ""
+        port = parts.port or (443 if scheme == "https" else 80)
+        tls = self._tls if scheme == "https" else None
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout_s):
+                _, conn = await loop.create_connection(
+                    _Connection, host, port, ssl=tls, server_hostname=host if tls else None
+                )
+        except TimeoutError as exc:
+            raise UpstreamError("connect", "upstream connect timed out", sent=False) from exc
+        except OSError as exc:
+            message = f"cannot connect to upstream {host}:{port}: {exc.strerror or exc}"
+            raise UpstreamError("connect", message, sent=False) from exc
+        return conn
+
+    @staticmethod
+    async def _write(
+        conn: _Connection, head: bytes, body: bytes | AsyncIterable[bytes] | None
+    ) -> None:
+        if not _is_stream(body):
+            await conn.write(head + body if isinstance(body, bytes) else head)
+            return
+        await conn.write(head)
+        chunked = b"transfer-encoding: chunked" in head.lower()
+        assert body is not None and not isinstance(body, bytes)
+        async for chunk in body:
+            if not chunk:
+                continue
+            if chunked:
+                await conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            else:
+                await conn.write(chunk)
+        if chunked:
+            await conn.write(b"0\r\n\r\n")
+
+
+def _is_stream(body: object) -> bool:
+    return body is not None and not isinstance(body, bytes | bytearray)
+
+
+def _serialize(
+    request: UpstreamRequest, netloc: str, target: str
+) -> tuple[bytes, bytes | AsyncIterable[bytes] | None]:
+    lines = [f"{request.method} {target} HTTP/1.1"]
+    has_host = has_length = False
+    for name, value in request.headers:
+        lower = name.lower()
+        if lower == "host":
+            has_host = True
+        elif lower == "content-length":
+            has_length = True
+            if not _is_stream(request.body):
+                continue  # recomputed below from the bytes actually sent
+        elif lower == "transfer-encoding":
+            continue
+        lines.append(f"{name}: {value}")
+    if not has_host:
+        lines.insert(1, f"Host: {netloc}")
+    body = request.body
+    if isinstance(body, bytes | bytearray):
+        lines.append(f"Content-Length: {len(body)}")
+    elif body is not None and not has_length:
+        lines.append("Transfer-Encoding: chunked")
+    elif body is None and request.method in ("POST", "PUT", "PATCH"):
+        lines.append("Content-Length: 0")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head, (bytes(body) if isinstance(body, bytearray) else body)
