@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import typer
 
+from kairos_cli import remote
 from kairos_cli.live import DEFAULT_ADMIN_URL, LiveStateError, fetch_backend_states
 from kairos_cli.report import make_console, print_dry_run, print_invalid, print_valid
 from kairos_core import __version__
@@ -43,6 +44,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="The config language.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(remote.app)
 
 
 class Template(StrEnum):

@@ -1,3 +1,52 @@
-"""Typed SDK for the Kairos admin API (KairosClient, AsyncKairosClient); see DESIGN.md §10."""
+"""Typed SDK for the Kairos admin API (DESIGN.md §10).
 
-__all__: list[str] = []
+>>> from kairos_client import KairosClient
+>>> with KairosClient() as client:  # $KAIROS_ADMIN_URL or http://127.0.0.1:5901
+...     print(client.health().status, client.metrics().requests_total)
+
+:class:`KairosClient` is synchronous, :class:`AsyncKairosClient` has the same methods as
+coroutines. Answers are the frozen models of :mod:`kairos_client.models`; failures are
+:class:`KairosError` subclasses.
+"""
+
+from . import models
+from ._client import AsyncKairosClient, KairosClient
+from ._errors import KairosAPIError, KairosAuthError, KairosConnectionError, KairosError
+from .models import (
+    AiDecision,
+    CircuitInfo,
+    ConfigDocument,
+    Event,
+    Health,
+    MetricsHistory,
+    MetricsSnapshot,
+    Ready,
+    ReloadResult,
+    RouteChange,
+    RouteInfo,
+    ValidationIssue,
+    ValidationResult,
+)
+
+__all__ = [
+    "AiDecision",
+    "AsyncKairosClient",
+    "CircuitInfo",
+    "ConfigDocument",
+    "Event",
+    "Health",
+    "KairosAPIError",
+    "KairosAuthError",
+    "KairosClient",
+    "KairosConnectionError",
+    "KairosError",
+    "MetricsHistory",
+    "MetricsSnapshot",
+    "Ready",
+    "ReloadResult",
+    "RouteChange",
+    "RouteInfo",
+    "ValidationIssue",
+    "ValidationResult",
+    "models",
+]

@@ -17,9 +17,9 @@ Rules (the same contract as :class:`~kairos_core.upstream.AiohttpUpstream`):
   response head and every gap between body chunks;
 - the response body streams with backpressure: the socket stops being read while more than
   ``HIGH_WATER_BYTES`` wait to be consumed;
-- a reused connection that the server had closed while idle fails before any byte arrives; such
-  a request is sent again once on a fresh connection when its method is idempotent (it cannot
-  have been processed), and reported as ``reset`` otherwise;
+- a pooled connection the server has closed is noticed (its close was read) and dropped before
+  reuse; a request is never sent twice by the client itself: a connection that dies under a
+  request is ``reset``, and only the route's retry policy may try again;
 - failures are :class:`~kairos_core.upstream.UpstreamError` with the same kinds.
 """
 
@@ -47,12 +47,7 @@ from kairos_core.websocket import UpstreamWebSocket
 IDLE_TIMEOUT_S = 4.0
 HIGH_WATER_BYTES = 256 * 1024
 LOW_WATER_BYTES = 64 * 1024
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _NO_BODY_STATUSES = frozenset({204, 304})
-
-
-class _StaleConnection(Exception):
-    """A reused connection died before answering anything."""
 
 
 class _Connection(asyncio.Protocol):
@@ -61,7 +56,6 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.reused = False
         self.idle_since = time.monotonic()
         self._loop = asyncio.get_running_loop()
         self._parser: httptools.HttpResponseParser | None = None
@@ -71,7 +65,6 @@ class _Connection(asyncio.Protocol):
         self._buffered = 0
         self._body_event = asyncio.Event()
         self._complete = False
-        self._received_any = False
         self._error: BaseException | None = None
         self._paused = False
         self._drain: asyncio.Future[None] | None = None
@@ -84,7 +77,6 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
-        self._received_any = True
         if self._parser is None:  # bytes nobody asked for: the connection is unusable
             self.abort()
             return
@@ -101,10 +93,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if not self._complete:
-            if self.reused and not self._received_any:
-                self._fail(_StaleConnection())
-            else:
-                self._fail(UpstreamError("reset", "upstream closed the connection", sent=True))
+            self._fail(UpstreamError("reset", "upstream closed the connection", sent=True))
         if self._drain is not None and not self._drain.done():
             self._drain.set_exception(ConnectionResetError("connection lost while writing"))
 
@@ -158,7 +147,6 @@ class _Connection(asyncio.Protocol):
         self._buffered = 0
         self._body_event.clear()
         self._complete = False
-        self._received_any = False
         self._error = None
         return self._head
 
@@ -213,8 +201,7 @@ class _Connection(asyncio.Protocol):
         if self._head is not None and not self._head.done():
             self._head.set_exception(error)
         self._body_event.set()
-        if not isinstance(error, _StaleConnection):
-            self.abort()
+        self.abort()
 
 
 class _H1Response:
@@ -267,33 +254,24 @@ class H1Upstream:
         if parts.query:
             target += "?" + parts.query
         head, body = _serialize(request, parts.netloc, target)
-        for attempt in range(2):
-            conn = await self._acquire(origin, parts, request.connect_timeout_s)
-            head_ready = conn.begin(request.method)
-            try:
-                await self._write(conn, head, body)
-                async with asyncio.timeout(request.read_timeout_s):
-                    await head_ready
-            except _StaleConnection:
-                conn.abort()
-                if attempt == 0 and request.method in IDEMPOTENT and not _is_stream(body):
-                    continue
-                raise UpstreamError("reset", "upstream closed the connection", sent=True) from None
-            except TimeoutError as exc:
-                conn.abort()
-                raise UpstreamError(
-                    "timeout", "upstream did not answer in time", sent=True
-                ) from exc
-            except (ConnectionError, OSError) as exc:
-                conn.abort()
-                raise UpstreamError(
-                    "reset", f"upstream connection failed: {exc}", sent=True
-                ) from exc
-            except BaseException:
-                conn.abort()
-                raise
-            return _H1Response(self, origin, conn, request.read_timeout_s)
-        raise AssertionError("unreachable")
+        conn = await self._acquire(origin, parts, request.connect_timeout_s)
+        head_ready = conn.begin(request.method)
+        try:
+            await self._write(conn, head, body)
+            async with asyncio.timeout(request.read_timeout_s):
+                await head_ready
+        except TimeoutError as exc:
+            conn.abort()
+            message = "upstream did not answer in time"
+            raise UpstreamError("timeout", message, sent=True) from exc
+        except (ConnectionError, OSError) as exc:
+            conn.abort()
+            message = f"upstream connection failed: {exc}"
+            raise UpstreamError("reset", message, sent=True) from exc
+        except BaseException:
+            conn.abort()
+            raise
+        return _H1Response(self, origin, conn, request.read_timeout_s)
 
     async def connect_websocket(
         self, url: str, headers: Headers, protocols: Sequence[str], connect_timeout_s: float
@@ -316,8 +294,10 @@ class H1Upstream:
         now = time.monotonic()
         while pool:
             conn = pool.pop()
-            if not conn.closed and now - conn.idle_since < IDLE_TIMEOUT_S:
-                conn.reused = True
+            alive = (
+                not conn.closed and conn.transport is not None and not conn.transport.is_closing()
+            )
+            if alive and now - conn.idle_since < IDLE_TIMEOUT_S:
                 return conn
             conn.abort()
         return await self._connect(parts, connect_timeout_s)

@@ -282,7 +282,7 @@ class Pipeline:
             (route.backends, route.balancer),
             (route.fallback, route.fallback_balancer),
         ):
-            eligible = [i for i, b in enumerate(backends) if _eligible(shared, b)]
+            eligible = [i for i, b in enumerate(backends) if shared.is_eligible(b.key)]
             if not eligible:
                 continue
             fresh = [i for i in eligible if backends[i].key not in tried]
@@ -685,11 +685,6 @@ def _classify(ctx: _Context, policy: RetryConfig, outcome: _Outcome) -> RetryDec
     if not error.sent or may_resend:
         return RetryDecision(True, error.kind)
     return NO_RETRY
-
-
-def _eligible(shared: SharedState, backend: Backend) -> bool:
-    breaker = shared.breakers.get(backend.key)
-    return shared.is_healthy(backend.key) and (breaker is None or breaker.admits())
 
 
 def _no_candidate(shared: SharedState, backends: tuple[Backend, ...]) -> GatewayError:

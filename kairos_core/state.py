@@ -85,6 +85,11 @@ class SharedState:
     def is_healthy(self, backend: str) -> bool:
         return self.health is None or self.health.is_healthy(backend)
 
+    def is_eligible(self, backend: str) -> bool:
+        """A candidate now: passing its health check and admitted by its breaker."""
+        breaker = self.breakers.get(backend)
+        return self.is_healthy(backend) and (breaker is None or breaker.admits())
+
     def _health_event(self, backend: str, healthy: bool) -> None:
         self.events.publish("health", {"backend": backend, "healthy": healthy})
 
@@ -115,6 +120,14 @@ class RuntimeState:
     @property
     def in_flight(self) -> InFlight:
         return self.shared.in_flight
+
+    def unroutable(self) -> list[str]:
+        """Ids of routes with no eligible backend (primary or fallback) right now."""
+        return [
+            route_id
+            for route_id, route in self.routes.items()
+            if not any(self.shared.is_eligible(b.key) for b in (*route.backends, *route.fallback))
+        ]
 
     def health_targets(self) -> dict[str, str]:
         """Backend key → probe URL for every backend with a ``health_check_path``."""

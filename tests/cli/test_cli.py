@@ -389,10 +389,9 @@ def admin_url() -> Iterator[str]:
 
 
 def test_live_uses_the_gateway_breaker_state(config: Path, admin_url: str) -> None:
-    _AdminHandler.circuits = [
-        {"backend": B1, "state": "open"},
-        {"backend": B2, "state": "closed"},
-    ]
+    _AdminHandler.circuits = {
+        "circuits": [{"backend": B1, "state": "open"}, {"backend": B2, "state": "closed"}]
+    }
     args = ["route-test", "GET", "/api/users/1", "-c", config, "--live", "--url", admin_url]
     result = kairos(*args, "--admin-token", _AdminHandler.token, "--json")
     assert result.exit_code == 0, result.output
@@ -409,7 +408,7 @@ def test_live_uses_the_gateway_breaker_state(config: Path, admin_url: str) -> No
 
 def test_live_every_backend_open_would_be_rejected(config: Path, admin_url: str) -> None:
     _AdminHandler.circuits = {
-        "circuits": [{"backend": B1, "state": "open"}, {"key": B2, "state": "open"}]
+        "circuits": [{"backend": B1, "state": "open"}, {"backend": B2, "state": "open"}]
     }
     result = kairos(
         "route-test", "GET", "/api/users/1", "-c", config, "--live",
