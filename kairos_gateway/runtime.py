@@ -160,17 +160,10 @@ class GatewayRuntime:
 
     def not_ready_reasons(self) -> list[str]:
         """Why the gateway cannot serve every route now (empty when ready)."""
-        shared = self.shared
-        reasons = []
-        for route_id, route in self.state.routes.items():
-            backends = (*route.backends, *route.fallback)
-            if not any(
-                shared.is_healthy(b.key)
-                and ((breaker := shared.breakers.get(b.key)) is None or breaker.admits())
-                for b in backends
-            ):
-                reasons.append(f"route {route_id!r} has no backend that is healthy and admitting")
-        return reasons
+        return [
+            f"route {route_id!r} has no backend that is healthy and admitting"
+            for route_id in self.state.unroutable()
+        ]
 
     def refresh_gauges(self) -> None:
         shared = self.shared
