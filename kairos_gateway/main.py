@@ -98,6 +98,13 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("kairos.config").info("%s: %s", issue.severity, issue)
 
     config = loaded.config
+    if config.server.workers > 1:
+        print(
+            f"✗ server.workers = {config.server.workers}: multi-worker cluster mode is not "
+            "available in this release; run one worker per instance",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
     runtime = GatewayRuntime(
         loaded, path, log_format=args.log_format, upstream_client=args.upstream_client
     )
