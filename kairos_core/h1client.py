@@ -14,7 +14,9 @@ Rules (the same contract as :class:`~kairos_core.upstream.AiohttpUpstream`):
   backend's unless the caller set one; a bytes body gets ``Content-Length``, a stream is sent
   with the caller's ``Content-Length`` or chunked;
 - ``connect_timeout_s`` bounds the TCP (and TLS) connect, ``read_timeout_s`` the wait for the
-  response head and every gap between body chunks;
+  response head, every gap between body chunks, and every stall while writing the request body
+  to a backend that does not read it;
+- a response without Content-Length or chunked encoding ends when the server closes;
 - the response body streams with backpressure: the socket stops being read while more than
   ``HIGH_WATER_BYTES`` wait to be consumed;
 - a pooled connection the server has closed is noticed (its close was read) and dropped before
@@ -70,6 +72,7 @@ class _Connection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self.status = 0
         self.keep_alive = False
+        self._close_delimited = False
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -92,7 +95,14 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if not self._complete:
+        head = self._head
+        head_done = (
+            head is not None and head.done() and not head.cancelled() and head.exception() is None
+        )
+        if not self._complete and head_done and self._close_delimited:
+            self._complete = True
+            self._body_event.set()
+        elif not self._complete:
             self._fail(UpstreamError("reset", "upstream closed the connection", sent=True))
         if self._drain is not None and not self._drain.done():
             self._drain.set_exception(ConnectionResetError("connection lost while writing"))
@@ -117,6 +127,8 @@ class _Connection(asyncio.Protocol):
             self._headers = []
             return
         self.keep_alive = self._parser.should_keep_alive()
+        framed = any(n.lower() in ("content-length", "transfer-encoding") for n, _ in self._headers)
+        self._close_delimited = not framed  # RFC 9112 §6.3: the body ends when the server closes
         if self._head is not None and not self._head.done():
             self._head.set_result(None)
 
@@ -158,12 +170,14 @@ class _Connection(asyncio.Protocol):
         """HEAD answers and 204/304 carry no body whatever their headers say."""
         return self._method == "HEAD" or self.status in _NO_BODY_STATUSES
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes, stall_timeout_s: float) -> None:
+        """Write, waiting while the socket buffer is full, at most ``stall_timeout_s`` a time."""
         if self.transport is None or self.closed:
             raise ConnectionResetError("connection closed")
         self.transport.write(data)
         if self._drain is not None:
-            await self._drain
+            async with asyncio.timeout(stall_timeout_s):
+                await asyncio.shield(self._drain)
 
     async def next_chunk(self, timeout_s: float) -> bytes | None:
         """The next body chunk, or None at the end of the body."""
@@ -200,6 +214,7 @@ class _Connection(asyncio.Protocol):
         self._error = error
         if self._head is not None and not self._head.done():
             self._head.set_exception(error)
+            self._head.exception()  # retrieved here: a cancelled sender never awaits it
         self._body_event.set()
         self.abort()
 
@@ -257,7 +272,7 @@ class H1Upstream:
         conn = await self._acquire(origin, parts, request.connect_timeout_s)
         head_ready = conn.begin(request.method)
         try:
-            await self._write(conn, head, body)
+            await self._write(conn, head, body, request.read_timeout_s)
             async with asyncio.timeout(request.read_timeout_s):
                 await head_ready
         except TimeoutError as exc:
@@ -326,23 +341,23 @@ class H1Upstream:
 
     @staticmethod
     async def _write(
-        conn: _Connection, head: bytes, body: bytes | AsyncIterable[bytes] | None
+        conn: _Connection, head: bytes, body: bytes | AsyncIterable[bytes] | None, stall_s: float
     ) -> None:
         if not _is_stream(body):
-            await conn.write(head + body if isinstance(body, bytes) else head)
+            await conn.write(head + body if isinstance(body, bytes) else head, stall_s)
             return
-        await conn.write(head)
+        await conn.write(head, stall_s)
         chunked = b"transfer-encoding: chunked" in head.lower()
         assert body is not None and not isinstance(body, bytes)
         async for chunk in body:
             if not chunk:
                 continue
             if chunked:
-                await conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                await conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk), stall_s)
             else:
-                await conn.write(chunk)
+                await conn.write(chunk, stall_s)
         if chunked:
-            await conn.write(b"0\r\n\r\n")
+            await conn.write(b"0\r\n\r\n", stall_s)
 
 
 def _is_stream(body: object) -> bool:

@@ -149,6 +149,9 @@ class AiohttpUpstream:
                 cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=aiohttp.ClientTimeout(total=None),
             )
+            # aiohttp silently sends idempotent requests again when a pooled connection drops;
+            # only the route's retry policy may retry (README: the client never resends)
+            self._session._retry_connection = False
         return self._session
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
