@@ -6,7 +6,8 @@ Counting rule:
   ``failure_status_codes`` (500, 502, 503, 504 by default); anything else the backend answers is a
   **success**. Gateway-local outcomes (rate limit, retry budget, no candidate) never reach a
   breaker, and a client disconnect or cancellation during the attempt counts as **nothing**;
-- **closed**: ``failure_threshold`` (5) consecutive failures open it; a success resets the count;
+- **closed**: ``failure_threshold`` (5) consecutive failures open it; a success resets the count
+  (an attempt cut by the request deadline is a timeout, hence a failure);
 - **open**: the backend leaves the candidate set; after ``reset_timeout_s`` (30) it is due for a
   trial, and the first request admitted moves it to **half-open**;
 - **half-open**: at most ``half_open_max_calls`` (1) trial requests at once (others see the
@@ -154,10 +155,18 @@ class BackendBreaker:
         return max(0.0, opened + self.policy.reset_timeout_s - time.time())
 
     def force_open(self) -> None:
+        """Open now (restarting the timeout); a no-op transition is not reported."""
+        if self.state == "open":
+            self._breaker._state_storage.opened_at = datetime.now(UTC)
+            return
         self._breaker.open()
 
     def force_close(self) -> None:
+        """Close now and forget the failure count; a no-op transition is not reported."""
         self._trials = 0
+        if self.state == "closed":
+            self._breaker._state_storage.reset_counter()
+            return
         self._breaker.close()
 
     def snapshot(self) -> BreakerSnapshot:

@@ -648,8 +648,9 @@ def _find_cause(exc: BaseException, kind: type[_E]) -> _E | None:
 def _failed_attempt(exc: BaseException, trial: Trial) -> _Outcome:
     """Report an attempt that raised to its breaker and turn it into an outcome.
 
-    Cancellation (client gone) and the request deadline are not the backend's fault: reported as
-    nothing. A body over the cap is the client's fault: nothing either.
+    A backend that does not answer before the request deadline has timed out like any other
+    (failure). Cancellation (client gone) is reported as nothing, and so is a body over the cap:
+    that is the client's fault.
     """
     too_large = _find_cause(exc, _BodyTooLarge)
     if too_large is not None:
@@ -659,9 +660,10 @@ def _failed_attempt(exc: BaseException, trial: Trial) -> _Outcome:
         trial.failure()
         error_type: ErrorType = "timeout" if exc.kind == "timeout" else "upstream"
         return _Outcome(error=GatewayError(error_type, exc.message), upstream_error=exc)
-    trial.cancel()
     if isinstance(exc, TimeoutError):
+        trial.failure()
         return _Outcome(error=GatewayError("timeout", "request deadline exceeded"))
+    trial.cancel()
     raise exc
 
 

@@ -275,9 +275,16 @@ class Upstream:
         return f"<Upstream {self.url}>"
 
 
+_control_client: httpx.Client | None = None
+
+
 def _call(method: str, url: str, *, json: object = None) -> Any:
+    # One shared plain-HTTP client: a new httpx client per call loads the CA bundle (tens of ms).
     # trust_env=False: a proxy configured in the environment must never sit on loopback traffic.
-    response = httpx.request(method, url, json=json, timeout=CONTROL_TIMEOUT_S, trust_env=False)
+    global _control_client
+    if _control_client is None:
+        _control_client = httpx.Client(timeout=CONTROL_TIMEOUT_S, trust_env=False, verify=False)
+    response = _control_client.request(method, url, json=json)
     if response.is_error:
         raise httpx.HTTPStatusError(
             f"{method} {url} answered {response.status_code}: {response.text}",
