@@ -48,16 +48,18 @@ def reason_of(check: Any, *args: Any) -> str:
     return info.value.reason
 
 
-NOW = int(time.time())
+def now() -> int:
+    """Read at use: a module-level timestamp goes stale in a long parallel run."""
+    return int(time.time())
 
 
 # --- valid tokens -------------------------------------------------------------------------------
 
 
 def test_valid_token_gives_subject_and_claims() -> None:
-    identity = verifier().verify(token({"sub": "alice", "exp": NOW + 300, "role": "admin"}))
+    identity = verifier().verify(token({"sub": "alice", "exp": now() + 300, "role": "admin"}))
     assert identity == Identity(
-        subject="alice", claims={"sub": "alice", "exp": NOW + 300, "role": "admin"}
+        subject="alice", claims={"sub": "alice", "exp": now() + 300, "role": "admin"}
     )
 
 
@@ -66,7 +68,7 @@ def test_integer_subject_is_stringified() -> None:
 
 
 def test_token_without_subject_has_none() -> None:
-    assert verifier().verify(token({"exp": NOW + 60})).subject is None
+    assert verifier().verify(token({"exp": now() + 60})).subject is None
 
 
 @pytest.mark.parametrize("sub", [{"id": 1}, ["a"], True, 1.5])
@@ -200,12 +202,12 @@ def test_wrong_key_is_an_invalid_signature() -> None:
 
 def test_tampered_payload_is_an_invalid_signature() -> None:
     header, _, signature = token().split(".")
-    forged = b64url(json.dumps({"sub": "admin", "exp": NOW + 300}).encode())
+    forged = b64url(json.dumps({"sub": "admin", "exp": now() + 300}).encode())
     assert reason_of(verifier().verify, f"{header}.{forged}.{signature}") == "invalid signature"
 
 
 def test_signature_is_checked_before_claims() -> None:
-    expired_forgery = token({"sub": "a", "exp": NOW - 3600}, key=OTHER_SECRET)
+    expired_forgery = token({"sub": "a", "exp": now() - 3600}, key=OTHER_SECRET)
     assert reason_of(verifier().verify, expired_forgery) == "invalid signature"
 
 
@@ -213,28 +215,28 @@ def test_signature_is_checked_before_claims() -> None:
 
 
 def test_expired_token() -> None:
-    assert reason_of(verifier(leeway_s=30).verify, token({"exp": NOW - 60})) == "token expired"
+    assert reason_of(verifier(leeway_s=30).verify, token({"exp": now() - 60})) == "token expired"
 
 
 def test_expired_within_leeway_is_accepted() -> None:
-    assert verifier(leeway_s=30).verify(token({"sub": "a", "exp": NOW - 10})).subject == "a"
+    assert verifier(leeway_s=30).verify(token({"sub": "a", "exp": now() - 10})).subject == "a"
 
 
 def test_zero_leeway_rejects_a_just_expired_token() -> None:
-    assert reason_of(verifier(leeway_s=0).verify, token({"exp": NOW - 2})) == "token expired"
+    assert reason_of(verifier(leeway_s=0).verify, token({"exp": now() - 2})) == "token expired"
 
 
 def test_not_yet_valid_token() -> None:
-    reason = reason_of(verifier(leeway_s=30).verify, token({"nbf": NOW + 120}))
+    reason = reason_of(verifier(leeway_s=30).verify, token({"nbf": now() + 120}))
     assert reason == "token not yet valid"
 
 
 def test_nbf_within_leeway_is_accepted() -> None:
-    assert verifier(leeway_s=30).verify(token({"sub": "a", "nbf": NOW + 10})).subject == "a"
+    assert verifier(leeway_s=30).verify(token({"sub": "a", "nbf": now() + 10})).subject == "a"
 
 
 def test_iat_in_the_future_is_not_yet_valid() -> None:
-    reason = reason_of(verifier(leeway_s=30).verify, token({"iat": NOW + 120}))
+    reason = reason_of(verifier(leeway_s=30).verify, token({"iat": now() + 120}))
     assert reason == "token not yet valid"
 
 
