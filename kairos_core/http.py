@@ -83,6 +83,7 @@ class ProxyRequest:
     peer_ip: str
     scheme: str = "http"
     body: AsyncIterator[bytes] | None = None
+    http_version: str = "1.1"
     _by_name: dict[str, str] | None = field(default=None, repr=False)
 
     def header(self, name: str) -> str | None:

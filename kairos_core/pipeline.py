@@ -189,7 +189,10 @@ class Pipeline:
         return _Context(request, state, record, request.header("host"))
 
     def _check_headers(self, ctx: _Context) -> None:
-        """Header names must be tokens and values free of control characters (RFC 9110)."""
+        """Header names must be tokens, values free of control characters (RFC 9110), and an
+        HTTP/1.1 request must name its Host (RFC 9112 §3.2)."""
+        if ctx.host is None and ctx.request.http_version == "1.1":
+            raise GatewayError("bad_request", "HTTP/1.1 request without a Host header")
         for name, value in ctx.request.headers:
             if not _TOKEN.fullmatch(name):
                 raise GatewayError("bad_request", f"malformed header name {name!r}")

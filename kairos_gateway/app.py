@@ -109,6 +109,7 @@ def _proxy_request(request: Request, *, body: bool = True) -> ProxyRequest:
         peer_ip=conn_info.client_ip if conn_info else "",
         scheme="https" if conn_info and conn_info.ssl else "http",
         body=_request_body(request) if body else None,
+        http_version=request.version,
     )
 
 

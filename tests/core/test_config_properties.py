@@ -24,6 +24,7 @@ from kairos_core.config import (
     validate_document,
 )
 from kairos_core.config import models as schema
+from kairos_core.state import compile_state
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -282,5 +283,9 @@ def test_mutated_valid_config_loads_or_reports_located_errors(data: st.DataObjec
             break
         data.draw(st.sampled_from(MUTATIONS))(document, data)
     text = json.dumps(document, indent=2)
-    check_outcome(lambda: parse_config(text, environ={}), root_is_object=True)
+    loaded = check_outcome(lambda: parse_config(text, environ={}), root_is_object=True)
     check_outcome(lambda: validate_document(document, environ={}), root_is_object=True)
+    if loaded is not None:
+        # whatever validates must compile: a reload can never crash on a config it accepted
+        state = compile_state(loaded)
+        assert len(state.routes) == len(loaded.config.routers)

@@ -553,6 +553,23 @@ def test_path_traversal_is_400_and_never_forwarded(stack: Stack, raw_path: str) 
     assert stack.echo.hits() == hits
 
 
+def test_http11_request_without_host_is_400_and_never_forwarded(stack: Stack) -> None:
+    hits = stack.echo.hits()
+
+    response = raw_exchange(
+        stack.gateway.port, b"GET /echo/x HTTP/1.1\r\nConnection: close\r\n\r\n"
+    )
+
+    assert_gateway_error(response, 400, "bad_request")
+    assert stack.echo.hits() == hits
+
+
+def test_http10_request_without_host_is_served(stack: Stack) -> None:
+    response = raw_exchange(stack.gateway.port, b"GET /echo/x HTTP/1.0\r\n\r\n")
+
+    assert response.status_code == 200
+
+
 def test_trace_on_a_known_path_is_405_with_allow(stack: Stack) -> None:
     request = b"TRACE /only-get HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
 
