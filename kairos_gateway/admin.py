@@ -29,6 +29,7 @@ from kairos_core.config import (
     MAX_CONFIG_BYTES,
     ConfigError,
     ConfigIssue,
+    LoadedConfig,
     route_ids,
     validate_document,
 )
@@ -41,6 +42,7 @@ from kairos_core.config.store import (
 )
 from kairos_core.errors import error_body
 from kairos_core.events import Event
+from kairos_core.metrics import HISTORY_SECONDS
 from kairos_gateway.runtime import GatewayRuntime, VersionConflict
 
 PUBLIC_PATHS = frozenset({"/health", "/live", "/ready"})
@@ -208,7 +210,7 @@ class AdminApi:
         return models.MetricsSnapshot.model_validate(data)
 
     async def history(self, request: Request) -> HTTPResponse:
-        seconds = _int_arg(request, "seconds", 900, 1, 3600)
+        seconds = _int_arg(request, "seconds", 900, 1, HISTORY_SECONDS)
         points = self.runtime.metrics.history(seconds)
         return reply(models.MetricsHistory.model_validate({"seconds": seconds, "points": points}))
 
@@ -269,49 +271,65 @@ class AdminApi:
 
     async def create_route(self, request: Request) -> HTTPResponse:
         body = _json_object(request)
-        ids = {info.id for info in self._route_infos()}
-        if isinstance(body.get("name"), str) and body["name"] in ids:
-            raise AdminError(409, "conflict", f"a route named {body['name']!r} already exists")
-        document = with_route_added(self.runtime.state.loaded.document, body)
-        loaded = await self._apply(request, document, "route created", conflict_on_duplicate=True)
-        routes = self._route_infos()
-        created = routes[-1]
+
+        def add(current: LoadedConfig) -> dict[str, Any]:
+            name = body.get("name")
+            if isinstance(name, str) and name in route_ids(current.config.routers):
+                raise AdminError(409, "conflict", f"a route named {name!r} already exists")
+            return with_route_added(current.document, body)
+
+        before, after = await self._apply(request, add, "route created", duplicate_is_conflict=True)
+        created = self._route_infos(after)[len(before.config.routers)]
         self._publish_route("created", created.id)
         return reply(
-            models.RouteChange(route=created, config_version=loaded.version), 201, loaded.version
+            models.RouteChange(route=created, config_version=after.version), 201, after.version
         )
 
     async def update_route(self, request: Request, route_id: str) -> HTTPResponse:
-        current = self._route_info(unquote(route_id))
         body = _json_object(request)
-        document = with_route_replaced(self.runtime.state.loaded.document, current.index, body)
-        loaded = await self._apply(request, document, "route updated", conflict_on_duplicate=True)
-        updated = self._route_infos()[current.index]
+        wanted = unquote(route_id)
+        index = -1
+
+        def replace(current: LoadedConfig) -> dict[str, Any]:
+            nonlocal index
+            index = self._route_index(current, wanted)
+            return with_route_replaced(current.document, index, body)
+
+        _, after = await self._apply(request, replace, "route updated", duplicate_is_conflict=True)
+        updated = self._route_infos(after)[index]
         self._publish_route("updated", updated.id)
         return reply(
-            models.RouteChange(route=updated, config_version=loaded.version), etag=loaded.version
+            models.RouteChange(route=updated, config_version=after.version), etag=after.version
         )
 
     async def delete_route(self, request: Request, route_id: str) -> HTTPResponse:
-        current = self._route_info(unquote(route_id))
-        document = with_route_removed(self.runtime.state.loaded.document, current.index)
-        loaded = await self._apply(request, document, "route deleted")
-        self._publish_route("deleted", current.id)
-        return reply(models.RouteChange(config_version=loaded.version), etag=loaded.version)
+        wanted = unquote(route_id)
 
-    def _route_infos(self) -> list[models.RouteInfo]:
-        loaded = self.runtime.state.loaded
+        def remove(current: LoadedConfig) -> dict[str, Any]:
+            return with_route_removed(current.document, self._route_index(current, wanted))
+
+        _, after = await self._apply(request, remove, "route deleted")
+        self._publish_route("deleted", wanted)
+        return reply(models.RouteChange(config_version=after.version), etag=after.version)
+
+    @staticmethod
+    def _route_index(loaded: LoadedConfig, route_id: str) -> int:
+        for index, candidate in enumerate(route_ids(loaded.config.routers)):
+            if candidate == route_id:
+                return index
+        raise AdminError(404, "not_found", f"no route with id {route_id!r}")
+
+    def _route_infos(self, loaded: LoadedConfig | None = None) -> list[models.RouteInfo]:
+        loaded = loaded or self.runtime.state.loaded
         documents = loaded.document.get("routers", [])
         return [
-            models.RouteInfo(id=route_id, index=index, config=redact({"r": documents[index]})["r"])
+            models.RouteInfo(id=route_id, index=index, config=redact(documents[index]))
             for index, route_id in enumerate(route_ids(loaded.config.routers))
         ]
 
     def _route_info(self, route_id: str) -> models.RouteInfo:
-        for info in self._route_infos():
-            if info.id == route_id:
-                return info
-        raise AdminError(404, "not_found", f"no route with id {route_id!r}")
+        loaded = self.runtime.state.loaded
+        return self._route_infos(loaded)[self._route_index(loaded, route_id)]
 
     def _publish_route(self, action: str, route_id: str) -> None:
         self.runtime.shared.events.publish("route", {"action": action, "route": route_id})
@@ -326,10 +344,14 @@ class AdminApi:
         return reply(body, etag=loaded.version)
 
     async def put_config(self, request: Request) -> HTTPResponse:
-        body = restore_secrets(_json_object(request), self.runtime.state.loaded.document)
-        loaded = await self._apply(request, body, "config replaced")
+        body = _json_object(request)
+
+        def replace_all(current: LoadedConfig) -> dict[str, Any]:
+            return restore_secrets(body, current.document)
+
+        _, after = await self._apply(request, replace_all, "config replaced")
         return reply(
-            models.ReloadResult(reloaded=True, config_version=loaded.version), etag=loaded.version
+            models.ReloadResult(reloaded=True, config_version=after.version), etag=after.version
         )
 
     async def validate_config(self, request: Request) -> HTTPResponse:
@@ -361,19 +383,19 @@ class AdminApi:
     async def _apply(
         self,
         request: Request,
-        document: dict[str, Any],
+        edit: Callable[[LoadedConfig], dict[str, Any]],
         reason: str,
-        conflict_on_duplicate: bool = False,
-    ) -> Any:
+        duplicate_is_conflict: bool = False,
+    ) -> tuple[LoadedConfig, LoadedConfig]:
         try:
-            return await self.runtime.apply_document(
-                document, reason, if_match=request.headers.get("if-match")
+            return await self.runtime.apply_edit(
+                edit, reason, if_match=request.headers.get("if-match")
             )
         except VersionConflict as exc:
             raise AdminError(412, "precondition_failed", str(exc)) from exc
         except ConfigError as exc:
             duplicate = [i for i in exc.errors if "duplicate route" in i.message]
-            if conflict_on_duplicate and duplicate:
+            if duplicate_is_conflict and duplicate:
                 raise AdminError(409, "conflict", duplicate[0].message, exc.errors) from exc
             raise AdminError(
                 400, "validation_error", "the config would be invalid", exc.errors

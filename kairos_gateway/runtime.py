@@ -16,7 +16,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -110,21 +110,29 @@ class GatewayRuntime:
                 self._swap(loaded, reason)
             return loaded
 
-    async def apply_document(
-        self, document: Mapping[str, Any], reason: str, *, if_match: str | None = None
-    ) -> LoadedConfig:
-        """Validate, persist atomically, then swap in. ``if_match`` guards against lost updates.
+    async def apply_edit(
+        self,
+        edit: Callable[[LoadedConfig], Mapping[str, Any]],
+        reason: str,
+        *,
+        if_match: str | None = None,
+    ) -> tuple[LoadedConfig, LoadedConfig]:
+        """Apply ``edit`` to the running config: validate, persist atomically, swap in.
 
-        Raises :class:`ConfigError` (nothing written, running config kept) or
-        :class:`VersionConflict`.
+        ``edit`` gets the config running when the lock is taken, so concurrent edits never build
+        on a stale document. ``if_match`` guards against lost updates across requests. Returns
+        (before, after). Raises :class:`ConfigError` (nothing written, running config kept) or
+        :class:`VersionConflict`; whatever ``edit`` raises propagates.
         """
         async with self._reload_lock:
-            if if_match is not None and if_match.strip('"') != self.state.version:
-                raise VersionConflict(self.state.version)
+            before = self.state.loaded
+            if if_match is not None and if_match.strip('"') != before.version:
+                raise VersionConflict(before.version)
+            document = edit(before)
             loaded = validate_document(dict(document), source=str(self.config_path))
             await asyncio.to_thread(write_atomically, self.config_path, loaded.document)
             self._swap(loaded, reason)
-            return loaded
+            return before, loaded
 
     def _swap(self, loaded: LoadedConfig, reason: str) -> None:
         self.pipeline.swap(compile_state(loaded, self.shared))

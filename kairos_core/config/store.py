@@ -2,11 +2,11 @@
 
 Rules: edits work on the document as written (``${VAR}`` references and ``_comment`` keys stay,
 every key the edit does not touch is kept); a write goes to a temporary file in the same
-directory, is flushed and fsynced, then renamed over the config, so a crash at any moment leaves
-either the old file or the new one, never a truncated mix. Secrets (``jwt.secret``,
-``admin.token``, ``ai.api_key``, provider keys, the Redis password) never leave through
-:func:`redact`; a document sent back with the redaction marker keeps the running secret
-(:func:`restore_secrets`).
+directory, is flushed and fsynced, then renamed over the config (its target, when the config is
+a symlink), keeping the file's permissions, so a crash at any moment leaves either the old file
+or the new one, never a truncated mix. Secrets (every ``secret``, ``token`` and ``api_key``, the
+Redis password) never leave through :func:`redact`; a document sent back with the redaction
+marker keeps the running secret (:func:`restore_secrets`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import contextlib
 import copy
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,24 +23,25 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 REDACTED = "***"
-_SECRET_PATHS: tuple[tuple[str, ...], ...] = (
-    ("jwt", "secret"),
-    ("admin", "token"),
-    ("ai", "api_key"),
-)
 
 
 def write_atomically(path: Path, document: Mapping[str, Any]) -> None:
     """Replace ``path`` with ``document`` (2-space JSON) so readers never see a partial file."""
     text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
-    directory = path.resolve().parent
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    target = path.resolve()  # a symlinked config (a mounted ConfigMap) keeps its link
+    directory = target.parent
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o644
+    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
+            os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
-        os.replace(temp, path)
+        os.replace(temp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)
@@ -80,52 +82,54 @@ def with_route_removed(document: Mapping[str, Any], index: int) -> dict[str, Any
     return new
 
 
+SECRET_KEYS = frozenset({"secret", "token", "api_key"})
+
+
 def redact(document: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of the document with every secret replaced by ``***``."""
-    out = copy.deepcopy(dict(document))
-    for path in _SECRET_PATHS:
-        _replace_at(out, path, lambda value: REDACTED if value else value)
-    for providers in (_get(out, ("ai", "fallback_providers")),):
-        for provider in providers if isinstance(providers, list) else ():
-            if isinstance(provider, dict) and provider.get("api_key"):
-                provider["api_key"] = REDACTED
-    for router in _routers(out):
-        policy = router.get("ai_policy") if isinstance(router, dict) else None
-        for provider in (policy or {}).get("fallback_providers", []) or []:
-            if isinstance(provider, dict) and provider.get("api_key"):
-                provider["api_key"] = REDACTED
-    _replace_at(out, ("cluster", "redis_url"), _redact_url_password)
+    """A copy with every secret replaced by ``***``: any ``secret``, ``token`` or ``api_key``
+    value at any depth (JWT secret, admin token, AI and provider keys), and the password of
+    ``cluster.redis_url``. Works on a whole config or on one router."""
+    out: dict[str, Any] = _redact_node(copy.deepcopy(dict(document)))
+    cluster = out.get("cluster")
+    if isinstance(cluster, dict) and "redis_url" in cluster:
+        cluster["redis_url"] = _redact_url_password(cluster["redis_url"])
     return out
 
 
 def restore_secrets(incoming: Mapping[str, Any], running: Mapping[str, Any]) -> dict[str, Any]:
-    """Put the running secrets back where ``incoming`` carries the redaction marker."""
-    out = copy.deepcopy(dict(incoming))
-    for path in (*_SECRET_PATHS, ("cluster", "redis_url")):
-        value = _get(out, path)
-        if isinstance(value, str) and REDACTED in value:
-            original = _get(running, path)
-            _replace_at(out, path, lambda _, kept=original: kept)
-    return out
+    """Put the running value back wherever ``incoming`` carries the redaction marker at a secret
+    key (same JSON path in the running document); other values are taken as sent."""
+    return _restore_node(copy.deepcopy(dict(incoming)), running)  # type: ignore[no-any-return]
 
 
-def _get(document: Any, path: tuple[str, ...]) -> Any:
-    node = document
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
+def _redact_node(node: Any) -> Any:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in SECRET_KEYS and isinstance(value, str) and value:
+                node[key] = REDACTED
+            else:
+                node[key] = _redact_node(value)
+    elif isinstance(node, list):
+        node[:] = [_redact_node(item) for item in node]
     return node
 
 
-def _replace_at(document: dict[str, Any], path: tuple[str, ...], change: Any) -> None:
-    node: Any = document
-    for key in path[:-1]:
-        if not isinstance(node, dict) or not isinstance(node.get(key), dict):
-            return
-        node = node[key]
-    if isinstance(node, dict) and path[-1] in node:
-        node[path[-1]] = change(node[path[-1]])
+def _restore_node(node: Any, running: Any) -> Any:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            original = running.get(key) if isinstance(running, dict) else None
+            secret = key in SECRET_KEYS or key == "redis_url"
+            if secret and isinstance(value, str) and REDACTED in value and original is not None:
+                node[key] = original
+            else:
+                node[key] = _restore_node(value, original)
+    elif isinstance(node, list):
+        others = running if isinstance(running, list) else []
+        node[:] = [
+            _restore_node(item, others[i] if i < len(others) else None)
+            for i, item in enumerate(node)
+        ]
+    return node
 
 
 def _redact_url_password(value: Any) -> Any:
