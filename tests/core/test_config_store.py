@@ -285,12 +285,6 @@ def test_restore_secrets_undoes_redact_for_jwt_admin_ai_and_redis() -> None:
     assert restored["cluster"]["redis_url"] == running["cluster"]["redis_url"]
 
 
-FALLBACK_BUG = (
-    "restore_secrets only restores jwt.secret, admin.token, ai.api_key and cluster.redis_url: "
-    "a fallback provider api_key that redact() hid comes back as '***'"
-)
-
-
 def test_restore_secrets_restores_global_fallback_provider_keys() -> None:
     running = document()
 
