@@ -1,6 +1,6 @@
 """Kairos performance harness: the same load, direct and through each proxy, interleaved.
 
-    .venv/bin/python benchmarks/run.py [--duration 8] [--connections 32] [--rounds 3]
+    .venv/bin/python benchmarks/run.py [--duration 8] [--connections 32] [--rounds 3] [--aiohttp]
 
 What it starts, all on loopback:
 
@@ -77,7 +77,7 @@ def start_nginx(workdir: Path, backend_port: int | None, port: int) -> ManagedPr
         location = "return 200 'ok';"
     else:
         location = textwrap.dedent(
-            f"""
+            """
             proxy_pass http://kairos_bench_backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -174,6 +174,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    parser.add_argument(
+        "--aiohttp", action="store_true", help="also run a gateway on the aiohttp upstream client"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
@@ -216,6 +219,22 @@ def main() -> None:
         wait_for_port("127.0.0.1", port, 20, process=gateway)
         token = pyjwt.encode({"sub": "bench", "exp": time.time() + 3600}, SECRET, "HS256")
         targets["kairos bare"] = (f"http://127.0.0.1:{port}/bare", {})
+        if args.aiohttp:
+            other_port, other_admin = free_port(), free_port()
+            other_config = workdir / "config-aiohttp.json"
+            other_config.write_text(
+                json.dumps(kairos_config(backend_port, other_port, other_admin))
+            )
+            other = ManagedProcess(
+                [sys.executable, "-m", "kairos_gateway", str(other_config), "--log-level",
+                 "warning", "--upstream-client", "aiohttp"],
+                name="kairos-aiohttp",
+                cwd=ROOT,
+                env={"KAIROS_ADMIN_TOKEN": ""},
+            ).start()  # fmt: skip
+            processes.append(other)
+            wait_for_port("127.0.0.1", other_port, 20, process=other)
+            targets["kairos bare (aiohttp client)"] = (f"http://127.0.0.1:{other_port}/bare", {})
         targets["kairos full"] = (
             f"http://127.0.0.1:{port}/full/7",
             {"Authorization": f"Bearer {token}"},
@@ -229,7 +248,7 @@ def main() -> None:
                 result = run_wrk(url, args.duration, args.connections, headers)
                 results[name].append(result)
                 print(
-                    f"round {round_number} {name:12s} {result.rps:10.0f} req/s  "
+                    f"round {round_number} {name:28s} {result.rps:10.0f} req/s  "
                     f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms",
                     file=sys.stderr,
                 )
@@ -256,17 +275,19 @@ def report(
         f"\nKairos benchmark: backend = {backend}; wrk -t1 -c{args.connections} "
         f"-d{args.duration}s, {args.rounds} interleaved rounds, medians; {os.cpu_count()} cores"
     )
-    print(f"{'target':14s} {'req/s':>10s} {'vs direct':>10s} {'p50 ms':>8s} {'p99 ms':>8s}")
+    print(f"{'target':28s} {'req/s':>10s} {'vs direct':>10s} {'p50 ms':>8s} {'p99 ms':>8s}")
     for name, result in medians.items():
         print(
-            f"{name:14s} {result.rps:10.0f} {result.rps / direct.rps:10.2f} "
+            f"{name:28s} {result.rps:10.0f} {result.rps / direct.rps:10.2f} "
             f"{result.p50_ms:8.2f} {result.p99_ms:8.2f}"
         )
     if "nginx proxy" in medians:
         nginx = medians["nginx proxy"]
         for name in ("kairos bare", "kairos full"):
             print(f"{name} / nginx proxy throughput: {medians[name].rps / nginx.rps:.2f}")
-    print(f"kairos bare / kairos full: {medians['kairos full'].rps / medians['kairos bare'].rps:.2f}")
+    print(
+        f"kairos bare / kairos full: {medians['kairos full'].rps / medians['kairos bare'].rps:.2f}"
+    )
     print(f"gateway RSS after the run: {rss:.1f} MiB")
     if args.json:
         print(json.dumps({name: vars(result) for name, result in medians.items()}))

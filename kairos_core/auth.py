@@ -25,6 +25,11 @@ Token (``verify``), checked in this order, the first failure winning:
 6. ``sub``, when present, must be a string or an integer ("invalid claim 'sub'");
    ``Identity.subject`` is ``str(sub)``, or ``None`` without one.
 
+A token that passed is remembered (the last 10,000, ``CACHE_TOKENS``): a repeat only has its
+``nbf``/``iat``/``exp`` window checked against the clock again, with the same leeway and reasons,
+which removes the base64 and HMAC work from the hot path. The cache belongs to one verifier, so
+a reload with a new secret starts empty.
+
 ``exp`` is not required unless listed in ``required_claims`` (kairos-rs's jsonwebtoken requires
 it by default; list ``"exp"`` to get that behaviour). Every ``AuthError.reason`` is fixed text or
 a claim/algorithm name, safe to return to the client; it never echoes the token or the secret.
@@ -32,10 +37,12 @@ a claim/algorithm name, safe to return to the client; it never echoes the token 
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import jwt
 
@@ -45,6 +52,7 @@ if TYPE_CHECKING:
     from jwt.types import Options
 
 MAX_TOKEN_BYTES = 8 * 1024
+CACHE_TOKENS = 10_000
 ALGORITHM = "HS256"
 _SHOWN_NAME_CHARS = 32
 
@@ -72,7 +80,7 @@ def _shown(name: str) -> str:
 class JwtVerifier:
     """Verifies HS256 bearer tokens against one ``jwt`` config block; stateless and thread-safe."""
 
-    __slots__ = ("_audience", "_issuer", "_key", "_leeway_s", "_options")
+    __slots__ = ("_audience", "_cache", "_issuer", "_key", "_leeway_s", "_options")
 
     def __init__(self, config: JwtConfig) -> None:
         if not config.secret:
@@ -93,6 +101,9 @@ class JwtVerifier:
             "verify_sub": False,  # an integer ``sub`` is accepted; checked in ``_identity``
             "verify_jti": False,
         }
+        # token → (identity, not valid before, not valid after); the signature and the static
+        # claims of a token never change, so only the time window is checked again on a hit
+        self._cache: OrderedDict[str, tuple[Identity, float, float]] = OrderedDict()
 
     def verify_header(self, authorization: str | None) -> Identity:
         """Verify the token in an ``Authorization: Bearer <token>`` header value."""
@@ -109,7 +120,37 @@ class JwtVerifier:
         return self.verify(parts[1])
 
     def verify(self, token: str) -> Identity:
-        """Verify a compact JWS token and return its identity; raises :class:`AuthError`."""
+        """Verify a compact JWS token and return its identity; raises :class:`AuthError`.
+
+        Tokens verified once are remembered (at most ``CACHE_TOKENS``, least recently used
+        first out); a remembered token is only checked against the clock again.
+        """
+        cached = self._cache.get(token)
+        if cached is not None:
+            identity, not_before, not_after = cached
+            now = time.time()
+            if now < not_before:
+                raise AuthError("token not yet valid")
+            if now >= not_after:
+                del self._cache[token]
+                raise AuthError("token expired")
+            self._cache.move_to_end(token)
+            return identity
+        identity = self._verify(token)
+        self._remember(token, identity)
+        return identity
+
+    def _remember(self, token: str, identity: Identity) -> None:
+        claims = identity.claims
+        bounds = [float(c) for c in (claims.get("nbf"), claims.get("iat")) if _is_number(c)]
+        not_before = max(bounds) - self._leeway_s if bounds else float("-inf")
+        exp = claims.get("exp")
+        not_after = float(exp) + self._leeway_s if _is_number(exp) else float("inf")
+        self._cache[token] = (identity, not_before, not_after)
+        if len(self._cache) > CACHE_TOKENS:
+            self._cache.popitem(last=False)
+
+    def _verify(self, token: str) -> Identity:
         if len(token) > MAX_TOKEN_BYTES:
             raise AuthError("token too large")
         if not token.isascii():
@@ -152,6 +193,10 @@ class JwtVerifier:
             raise AuthError("malformed token")
         if alg != ALGORITHM:
             raise AuthError(f"unsupported algorithm {_shown(alg)!r}")
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _identity(claims: dict[str, Any]) -> Identity:

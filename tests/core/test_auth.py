@@ -306,3 +306,30 @@ def test_reasons_never_echo_the_token() -> None:
     reason = reason_of(verifier().verify_header, f"Bearer {forged}")
     assert forged not in reason
     assert forged.split(".")[1] not in reason
+
+
+def test_a_remembered_token_still_expires_on_time() -> None:
+    check = verifier(leeway_s=0)
+    short_lived = token({"sub": "a", "exp": now() + 1})
+    assert check.verify(short_lived).subject == "a"
+    assert check.verify(short_lived).subject == "a"  # answered from the cache
+    time.sleep(1.2)
+    assert reason_of(check.verify, short_lived) == "token expired"
+
+
+def test_a_remembered_token_is_not_valid_before_its_nbf() -> None:
+    check = verifier(leeway_s=0)
+    later = token({"sub": "a", "nbf": now() + 1})
+    assert reason_of(check.verify, later) == "token not yet valid"
+    time.sleep(1.1)
+    assert check.verify(later).subject == "a"
+    assert check.verify(later).subject == "a"
+
+
+def test_a_bad_token_is_never_remembered_as_good() -> None:
+    check = verifier()
+    good = token({"sub": "a", "exp": now() + 60})
+    tampered = good[:-2] + ("AA" if not good.endswith("AA") else "BB")
+    assert check.verify(good).subject == "a"
+    assert reason_of(check.verify, tampered) == "invalid signature"
+    assert reason_of(check.verify, tampered) == "invalid signature"
