@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
@@ -46,6 +46,8 @@ from .models import (
     RouteChange,
     RouteInfo,
     RouteList,
+    RouteTest,
+    RouteTestRequest,
     ValidationResult,
 )
 
@@ -219,6 +221,16 @@ class _Api:
     def circuit_action(backend: str, action: str) -> _Call[CircuitInfo]:
         path = f"/api/circuits/{_segment(backend)}/{action}"
         return _Call("POST", path, _model(CircuitInfo), "CircuitInfo")
+
+    @staticmethod
+    def route_test(request: RouteTestRequest) -> _Call[RouteTest]:
+        return _Call(
+            "POST",
+            "/api/route-test",
+            _model(RouteTest),
+            "RouteTest",
+            body=request.model_dump(mode="json"),
+        )
 
     @staticmethod
     def ai_decisions(limit: int) -> _Call[list[AiDecision]]:
@@ -521,6 +533,31 @@ class KairosClient(_BaseClient):
 
     # --- circuits and AI ------------------------------------------------------------------------
 
+    def route_test(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Sequence[tuple[str, str]] = (),
+        client_ip: str = "127.0.0.1",
+        token: str | None = None,
+        body: str | None = None,
+    ) -> RouteTest:
+        """``POST /api/route-test``: where would this request go now? Nothing is sent upstream.
+
+        >>> client.route_test("GET", "/api/users/7").upstream_url
+        'http://127.0.0.1:9001/users/7'
+        """
+        request = RouteTestRequest(
+            method=method,
+            path=path,
+            headers=list(headers),
+            client_ip=client_ip,
+            token=token,
+            body=body,
+        )
+        return self._send(_Api.route_test(request))
+
     def circuits(self) -> list[CircuitInfo]:
         """``GET /api/circuits``: every backend's breaker.
 
@@ -707,6 +744,27 @@ class AsyncKairosClient(_BaseClient):
     async def reload(self) -> ReloadResult:
         """See :meth:`KairosClient.reload`."""
         return await self._send(_Api.reload())
+
+    async def route_test(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: Sequence[tuple[str, str]] = (),
+        client_ip: str = "127.0.0.1",
+        token: str | None = None,
+        body: str | None = None,
+    ) -> RouteTest:
+        """See :meth:`KairosClient.route_test`."""
+        request = RouteTestRequest(
+            method=method,
+            path=path,
+            headers=list(headers),
+            client_ip=client_ip,
+            token=token,
+            body=body,
+        )
+        return await self._send(_Api.route_test(request))
 
     async def circuits(self) -> list[CircuitInfo]:
         """See :meth:`KairosClient.circuits`."""

@@ -212,6 +212,31 @@ class Event(_Wire):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
+class RouteTestRequest(_Wire):
+    """``POST /api/route-test``: a request to dry-run against the running config."""
+
+    method: str = "GET"
+    path: str
+    headers: list[tuple[str, str]] = Field(default_factory=list)
+    client_ip: str = "127.0.0.1"
+    token: str | None = None
+    body: str | None = None
+
+
+class RouteTest(_Wire):
+    """The dry run of one request on the running gateway (live breaker and health states).
+
+    ``report`` is the whole plan, in the documented shape of ``kairos route-test --json``.
+    """
+
+    outcome: str
+    status: int | None = None
+    message: str = ""
+    route_id: str | None = None
+    upstream_url: str | None = None
+    report: dict[str, Any] = Field(default_factory=dict)
+
+
 class ErrorBody(_Wire):
     """The body of every admin API error (the proxy's shape)."""
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import unquote
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse
 
@@ -40,6 +40,7 @@ from kairos_core.config.store import (
     with_route_removed,
     with_route_replaced,
 )
+from kairos_core.dryrun import plan_request
 from kairos_core.errors import error_body
 from kairos_core.events import Event
 from kairos_core.metrics import HISTORY_SECONDS
@@ -141,6 +142,7 @@ def build_admin_app(runtime: GatewayRuntime) -> Sanic[Any, Any]:
         ("POST", "/api/circuits/<backend:path>/reset", api.reset_circuit),
         ("POST", "/api/circuits/<backend:path>/open", api.open_circuit),
         ("GET", "/api/ai/decisions", api.ai_decisions),
+        ("POST", "/api/route-test", api.route_test),
     ]
     for method, path, handler in routes:
         app.add_route(handler, path, methods=[method], name=f"{method}{path}".replace("/", "_"))
@@ -441,6 +443,39 @@ class AdminApi:
             breaker.force_open()
         info = next(i for i in self.circuit_infos() if i.backend == key)
         return reply(info)
+
+    async def route_test(self, request: Request) -> HTTPResponse:
+        """The dry run of ``kairos route-test`` on the running config and live backend states."""
+        try:
+            asked = models.RouteTestRequest.model_validate(_json_object(request))
+        except ValidationError as exc:
+            raise AdminError(400, "bad_request", f"invalid route-test request: {exc}") from exc
+        states = {
+            info.backend: "unhealthy" if not info.healthy else info.state
+            for info in self.circuit_infos()
+            if info.state != "closed" or not info.healthy
+        }
+        plan = plan_request(
+            self.runtime.state,
+            asked.method.upper(),
+            asked.path,
+            headers=asked.headers,
+            client_ip=asked.client_ip,
+            token=asked.token,
+            body=asked.body.encode() if asked.body is not None else None,
+            backend_states=states,
+        )
+        report = plan.to_dict()
+        return reply(
+            models.RouteTest(
+                outcome=report["outcome"],
+                status=report["status"],
+                message=report["message"],
+                route_id=report["route_id"],
+                upstream_url=report["upstream_url"],
+                report=report,
+            )
+        )
 
     async def ai_decisions(self, request: Request) -> HTTPResponse:
         return reply(models.AiDecisionList(decisions=[]))
