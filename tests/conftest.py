@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.support.gateway import Gateway
+from tests.support.pool import UpstreamPool
 from tests.support.procs import Upstream
 
 
@@ -45,3 +46,18 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     yield start
     for gateway in started:
         gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def upstream_pool() -> Iterator[UpstreamPool]:
+    """Upstreams shared by one module's tests (each started on first use)."""
+    pool = UpstreamPool()
+    yield pool
+    pool.stop()
+
+
+@pytest.fixture
+def ups(upstream_pool: UpstreamPool) -> UpstreamPool:
+    """The module's upstream pool, each upstream reset the first time this test asks for it."""
+    upstream_pool.next_test()
+    return upstream_pool

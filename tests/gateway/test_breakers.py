@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from tests.support.gateway import Gateway, backend, route
-from tests.support.procs import Upstream, free_port
+from tests.support.pool import UpstreamPool
+from tests.support.procs import free_port
 
 RESET_S = 1.0
 FD_TOLERANCE = 4
@@ -30,46 +31,6 @@ CLIENT_TIMEOUT_S = 5.0
 
 
 StartGateway = Callable[..., Gateway]
-
-
-class UpstreamPool:
-    """Upstream processes shared by a module's tests, each started on its first use.
-
-    The first time a test asks for one, it is reset: normal behaviour, empty hit log.
-    """
-
-    def __init__(self) -> None:
-        self._started: dict[str, Upstream] = {}
-        self._handed_out: set[str] = set()
-
-    def __getitem__(self, name: str) -> Upstream:
-        upstream = self._started.get(name)
-        if upstream is None:
-            upstream = self._started[name] = Upstream.start(name)
-        elif name not in self._handed_out:
-            upstream.reset()
-        self._handed_out.add(name)
-        return upstream
-
-    def next_test(self) -> None:
-        self._handed_out.clear()
-
-    def stop(self) -> None:
-        for upstream in self._started.values():
-            upstream.stop()
-
-
-@pytest.fixture(scope="module")
-def upstream_pool() -> Iterator[UpstreamPool]:
-    pool = UpstreamPool()
-    yield pool
-    pool.stop()
-
-
-@pytest.fixture
-def ups(upstream_pool: UpstreamPool) -> UpstreamPool:
-    upstream_pool.next_test()
-    return upstream_pool
 
 
 @dataclass
