@@ -15,11 +15,14 @@ Counting rule:
   again (and restarts the timeout).
 
 pybreaker owns the state machine: each outcome is reported through ``breaker.calling()`` once it
-is known, so a cancelled attempt simply never reports. The adapter adds what pybreaker lacks for
-asyncio: the half-open gate (pybreaker lets every concurrent caller through) and the lazy
-open → half-open move at admission time. Manual ``force_open`` / ``force_close`` come from the
-admin API. The policy of a backend is the ``circuit_breaker`` block of the first route (in config
-order) that uses it, else the global block.
+is known, so a cancelled attempt simply never reports. An outcome counts only in the state its
+attempt was admitted in: a request admitted before the last transition (a long stream that
+started while the breaker was closed, say) can neither close nor reopen a half-open breaker.
+The adapter adds what pybreaker lacks for asyncio: the half-open gate (pybreaker lets every
+concurrent caller through) and the lazy open → half-open move at admission time. Manual
+``force_open`` / ``force_close`` come from the admin API. The policy of a backend is the
+``circuit_breaker`` block of the first route (in config order) that uses it, else the global
+block.
 """
 
 from __future__ import annotations
@@ -70,11 +73,12 @@ class BreakerSnapshot:
 class Trial:
     """One admitted attempt; report it with ``success()`` / ``failure()``, or ``cancel()``."""
 
-    __slots__ = ("_breaker", "_done", "_trial")
+    __slots__ = ("_breaker", "_done", "_generation", "_trial")
 
-    def __init__(self, breaker: BackendBreaker, trial: bool) -> None:
+    def __init__(self, breaker: BackendBreaker, trial: bool, generation: int) -> None:
         self._breaker = breaker
         self._trial = trial
+        self._generation = generation
         self._done = False
 
     def success(self) -> None:
@@ -94,7 +98,7 @@ class Trial:
             return
         self._done = True
         self._breaker._release(self._trial)
-        self._breaker._report(failed)
+        self._breaker._report(failed, self._generation)
 
 
 class BackendBreaker:
@@ -107,10 +111,12 @@ class BackendBreaker:
             fail_max=policy.failure_threshold,
             reset_timeout=policy.reset_timeout_s,
             success_threshold=policy.success_threshold,
-            listeners=[_Listener(backend, sink)],
+            listeners=[_Listener(backend, self._transitioned)],
             name=backend,
         )
+        self._sink = sink
         self._trials = 0
+        self._generation = 0  # bumped by every transition; outcomes from older ones are stale
 
     def configure(self, policy: CircuitBreakerConfig) -> None:
         """Apply a new policy (after a reload) without losing the current state."""
@@ -144,7 +150,7 @@ class BackendBreaker:
         trial = self.state == "half_open"
         if trial:
             self._trials += 1
-        return Trial(self, trial)
+        return Trial(self, trial, self._generation)
 
     def seconds_until_half_open(self) -> float:
         if self.state != "open":
@@ -186,9 +192,15 @@ class BackendBreaker:
         if trial and self._trials > 0:
             self._trials -= 1
 
-    def _report(self, failed: bool) -> None:
-        if self.state == "open":
-            return  # forced open meanwhile: a late outcome must not close or re-time it
+    def _transitioned(self, backend: str, old: State, new: State) -> None:
+        self._generation += 1
+        self._sink(backend, old, new)
+
+    def _report(self, failed: bool, generation: int) -> None:
+        if generation != self._generation or self.state == "open":
+            # admitted under an earlier state (a long request started before the breaker
+            # opened, or before this half-open period): its outcome says nothing about now
+            return
         with contextlib.suppress(_Failure, pybreaker.CircuitBreakerError), self._breaker.calling():
             if failed:
                 raise _Failure

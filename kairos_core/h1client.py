@@ -6,10 +6,11 @@ one write per request and parses the answer in C, without aiohttp's per-request 
 
 Rules (the same contract as :class:`~kairos_core.upstream.AiohttpUpstream`):
 
-- one pool of idle keep-alive connections per origin; a connection goes back to the pool only
-  after its response was read to the end and both sides agreed to keep it alive; idle
-  connections older than ``IDLE_TIMEOUT_S`` (4 s, below the usual 5 s server keep-alive) are
-  closed rather than reused;
+- one pool of idle keep-alive connections per origin, used last-in first-out; a connection goes
+  back to the pool only after its response was read to the end and both sides agreed to keep it
+  alive; idle connections older than ``IDLE_TIMEOUT_S`` (4 s, below the usual 5 s server
+  keep-alive) are closed from the old end at every take and return, and at most
+  ``MAX_IDLE_PER_ORIGIN`` (256) stay open per origin;
 - the request target is sent exactly as given (already percent-encoded); ``Host`` is the
   backend's unless the caller set one; a bytes body gets ``Content-Length``, a stream is sent
   with the caller's ``Content-Length`` or chunked;
@@ -47,6 +48,7 @@ from kairos_core.upstream import (
 from kairos_core.websocket import UpstreamWebSocket
 
 IDLE_TIMEOUT_S = 4.0
+MAX_IDLE_PER_ORIGIN = 256
 HIGH_WATER_BYTES = 256 * 1024
 LOW_WATER_BYTES = 64 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
@@ -99,7 +101,7 @@ class _Connection(asyncio.Protocol):
         head_done = (
             head is not None and head.done() and not head.cancelled() and head.exception() is None
         )
-        if not self._complete and head_done and self._close_delimited:
+        if not self._complete and head_done and self._close_delimited and exc is None:
             self._complete = True
             self._body_event.set()
         elif not self._complete:
@@ -149,6 +151,9 @@ class _Connection(asyncio.Protocol):
     # --- use ----------------------------------------------------------------------------------
 
     def begin(self, method: str) -> asyncio.Future[None]:
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
         self._parser = httptools.HttpResponseParser(self)
         if method == "HEAD":
             self._parser.set_dangerous_leniencies(lenient_keep_alive=True)
@@ -307,6 +312,8 @@ class H1Upstream:
     ) -> _Connection:
         pool = self._idle.get(origin)
         now = time.monotonic()
+        if pool:
+            _evict_stale(pool, now)
         while pool:
             conn = pool.pop()
             alive = (
@@ -319,7 +326,11 @@ class H1Upstream:
 
     def _release(self, origin: str, conn: _Connection) -> None:
         conn.idle_since = time.monotonic()
-        self._idle.setdefault(origin, deque()).append(conn)
+        pool = self._idle.setdefault(origin, deque())
+        pool.append(conn)
+        _evict_stale(pool, conn.idle_since)
+        while len(pool) > MAX_IDLE_PER_ORIGIN:
+            pool.popleft().abort()
 
     async def _connect(self, parts: SplitResult, timeout_s: float) -> _Connection:
         scheme = parts.scheme
@@ -358,6 +369,12 @@ class H1Upstream:
                 await conn.write(chunk, stall_s)
         if chunked:
             await conn.write(b"0\r\n\r\n", stall_s)
+
+
+def _evict_stale(pool: deque[_Connection], now: float) -> None:
+    """Close idle connections from the oldest end (the pool is used last-in, first-out)."""
+    while pool and (pool[0].closed or now - pool[0].idle_since >= IDLE_TIMEOUT_S):
+        pool.popleft().abort()
 
 
 def _is_stream(body: object) -> bool:

@@ -157,6 +157,19 @@ class Pipeline:
             return self._finish(ctx, await self._transform_response(ctx, route, response))
         except GatewayError as error:
             return self._finish(ctx, self._error_response(ctx, error))
+        except asyncio.CancelledError:
+            self._record_abandoned(ctx)
+            raise
+
+    def _record_abandoned(self, ctx: _Context) -> None:
+        """The client went away before a response: logged and counted as 499 (nginx's code)."""
+        record = ctx.record
+        record.status = 499
+        record.error_type = "client_closed"
+        record.duration_s = time.perf_counter() - record.started
+        record.head_s = record.duration_s
+        if self._on_record is not None:
+            self._on_record(record)
 
     def reject(self, request: ProxyRequest, error_type: ErrorType, message: str) -> ProxyResponse:
         """Answer a request the server refused before the pipeline could run (bad method, bad
@@ -481,7 +494,8 @@ class Pipeline:
             try:
                 body = b"".join([chunk async for chunk in _relay(response, ctx.record)])
             except UpstreamError as exc:
-                raise GatewayError("upstream", exc.message) from exc
+                kind: ErrorType = "timeout" if exc.kind == "timeout" else "upstream"
+                raise GatewayError(kind, exc.message) from exc
             finally:
                 await response.close()
             return ProxyResponse(status, without(headers, "content-length"), body)

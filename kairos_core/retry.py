@@ -5,7 +5,9 @@ backoff_multiplier ** n, max_backoff_ms)``; with the defaults 100, 200, 400, 800
 5000 ms. There are at most ``max_retries`` retries, so ``max_retries + 1`` attempts. With ``jitter``
 (the default) the real wait is drawn uniformly from ``[0, that value]`` ("full jitter"), which
 spreads synchronized clients apart; the schedule printed by ``kairos route-test`` shows the upper
-bound. An upstream ``Retry-After`` replaces the computed wait (the deadline still caps it).
+bound. An upstream ``Retry-After`` replaces the computed wait when it is at most ``max_backoff_ms``;
+a longer one ends the retries and its answer goes back to the client as it came (a request is
+never held for as long as an upstream asks). The deadline caps every wait too.
 Zero ``initial_backoff_ms`` means immediate retries.
 
 What is retried, and when, is the pipeline's ``classify`` (DESIGN.md §5): connection errors (if
@@ -159,6 +161,9 @@ async def retry_after_first(
     def stop(state: RetryCallState) -> bool:
         if state.attempt_number > policy.max_retries:
             return True
+        asked = classify(state.outcome.result()).retry_after_s  # type: ignore[union-attr]
+        if asked is not None and asked * 1000 > policy.max_backoff_ms:
+            return True  # "come back in an hour": the client gets that answer, not a held socket
         if deadline is not None and time.monotonic() + (state.upcoming_sleep or 0) >= deadline:
             return True
         if not budget.try_acquire(policy.budget_percent, policy.min_retries_per_second):

@@ -92,9 +92,21 @@ class _Response(HTTPResponse):
     @property
     def processed_headers(self) -> Any:
         return (
-            (name.encode("latin-1"), f"{value}".encode(errors="surrogateescape"))
+            (name.encode("latin-1"), f"{value}".encode("latin-1", errors="replace"))
             for name, value in self.headers.items()
         )
+
+
+def _wire(value: str) -> str:
+    """A header value as its bytes on the wire (latin-1 text), whatever Sanic decoded it as.
+
+    Sanic decodes header bytes as UTF-8 (undecodable bytes as surrogates); the core and the
+    upstream client carry header values as latin-1 text, one character per byte, so any byte
+    passes through unchanged in both directions.
+    """
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("latin-1")
 
 
 def _proxy_request(request: Request, *, body: bool = True) -> ProxyRequest:
@@ -105,7 +117,7 @@ def _proxy_request(request: Request, *, body: bool = True) -> ProxyRequest:
         method=request.method,
         raw_path=raw_path,
         query=query,
-        headers=list(request.headers.items()),
+        headers=[(name, _wire(value)) for name, value in request.headers.items()],
         peer_ip=conn_info.client_ip if conn_info else "",
         scheme="https" if conn_info and conn_info.ssl else "http",
         body=_request_body(request) if body else None,

@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     runtime = GatewayRuntime(
         loaded, path, log_format=args.log_format, upstream_client=args.upstream_client
     )
+    runtime.admin_host = args.admin_host or config.admin.host
     proxy = build_proxy_app(runtime)
     admin = build_admin_app(runtime)
     proxy_host, proxy_port = args.host or config.server.host, args.port or config.server.port

@@ -23,7 +23,14 @@ from typing import Any
 from watchfiles import awatch
 
 from kairos_core import __version__
-from kairos_core.config import ConfigError, LoadedConfig, load_config, validate_document
+from kairos_core.config import (
+    ConfigError,
+    ConfigIssue,
+    LoadedConfig,
+    load_config,
+    validate_document,
+)
+from kairos_core.config.rules import is_loopback
 from kairos_core.config.store import write_atomically
 from kairos_core.events import Event
 from kairos_core.h1client import H1Upstream
@@ -60,6 +67,7 @@ class GatewayRuntime:
         self.pipeline = Pipeline(state, self.upstream, on_record=self._on_record)
         self.snapshot_source: Any = None  # set by the admin app: () -> dict for `snapshot` events
         self.event_streams = 0  # open /api/events connections; snapshots are built only for them
+        self.admin_host: str | None = None  # where the admin listener is bound (set by main)
         self._log_format = log_format
         self._background: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
@@ -106,6 +114,11 @@ class GatewayRuntime:
             except ConfigError as exc:
                 self._rejected(reason, exc)
                 raise
+            try:
+                self._guard_admin(loaded)
+            except ConfigError as exc:
+                self._rejected(reason, exc)
+                raise
             if loaded.version != self.state.version:
                 self._swap(loaded, reason)
             return loaded
@@ -126,10 +139,11 @@ class GatewayRuntime:
         """
         async with self._reload_lock:
             before = self.state.loaded
-            if if_match is not None and if_match.strip('"') != before.version:
+            if if_match is not None and not _matches(if_match, before.version):
                 raise VersionConflict(before.version)
             document = edit(before)
             loaded = validate_document(dict(document), source=str(self.config_path))
+            self._guard_admin(loaded)
             await asyncio.to_thread(write_atomically, self.config_path, loaded.document)
             self._swap(loaded, reason)
             return before, loaded
@@ -155,8 +169,20 @@ class GatewayRuntime:
         self._spawn(self._reload_quietly("SIGHUP"), "kairos-sighup-reload")
 
     async def _reload_quietly(self, reason: str) -> None:
-        with contextlib.suppress(ConfigError):
+        try:
             await self.reload(reason)
+        except ConfigError:
+            pass  # logged and counted by reload(); the running config stays
+        except Exception:
+            log.exception("config reload (%s) failed; the running config stays", reason)
+
+    def _guard_admin(self, loaded: LoadedConfig) -> None:
+        """A config may not leave an admin listener on a non-loopback address without a token
+        (the listener stays where it was bound, whatever the new config says)."""
+        exposed = self.admin_host is not None and not is_loopback(self.admin_host)
+        if exposed and not loaded.config.admin.token:
+            message = f"the admin listener is bound to {self.admin_host!r}; it needs a token"
+            raise ConfigError([ConfigIssue("admin.token", message)], source=loaded.source)
 
     async def _watch_config(self) -> None:
         target = await asyncio.to_thread(self.config_path.resolve)
@@ -240,6 +266,15 @@ class VersionConflict(Exception):
     def __init__(self, current: str) -> None:
         super().__init__(f"config changed; current version is {current}")
         self.current = current
+
+
+def _matches(if_match: str, version: str) -> bool:
+    """``If-Match`` against the current version: ``*``, quoted or bare, weak (``W/``) or not."""
+    for candidate in if_match.split(","):
+        tag = candidate.strip().removeprefix("W/").strip('"')
+        if tag in ("*", version):
+            return True
+    return False
 
 
 def _ms(seconds: float | None) -> float | None:

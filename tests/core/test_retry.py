@@ -426,14 +426,28 @@ async def test_jittered_waits_come_from_the_given_random(sleeps: list[float]) ->
 
 
 async def test_upstream_retry_after_replaces_the_computed_wait(sleeps: list[float]) -> None:
-    policy = RetryConfig(max_retries=2, initial_backoff_ms=100, max_backoff_ms=1000)
+    policy = RetryConfig(max_retries=2, initial_backoff_ms=100, max_backoff_ms=10_000)
     first = Reply(503, retry_after_s=7.5)
     script = Script([503, 503], retry_after_s=None)
 
     await run(first, script, policy, rng=random.Random(3))
 
-    assert sleeps[0] == 7.5  # beyond max_backoff_ms: the upstream's word is honoured
+    assert sleeps[0] == 7.5  # within max_backoff_ms: the upstream's word is honoured
     assert 0 <= sleeps[1] <= 0.2
+
+
+async def test_retry_after_beyond_max_backoff_returns_the_answer_at_once(
+    sleeps: list[float],
+) -> None:
+    policy = RetryConfig(max_retries=2, initial_backoff_ms=100, max_backoff_ms=1000)
+    first = Reply(503, retry_after_s=3600)
+    script = Script([200])
+
+    outcome = await run(first, script, policy, rng=random.Random(3))
+
+    assert outcome is first  # "come back in an hour" goes back to the client as it came
+    assert sleeps == []
+    assert script.started == []
 
 
 async def test_retry_after_is_really_waited() -> None:
@@ -441,7 +455,8 @@ async def test_retry_after_is_really_waited() -> None:
     script = Script([200])
     started = time.monotonic()
 
-    await run(first, script, RetryConfig(max_retries=1, initial_backoff_ms=0, max_backoff_ms=0))
+    policy = RetryConfig(max_retries=1, initial_backoff_ms=0, max_backoff_ms=1000)
+    await run(first, script, policy)
 
     assert script.started[0] - started >= 0.24
 

@@ -139,7 +139,7 @@ def _config(a: Upstream, b: Upstream, echo: Upstream, canned: str, dead: str) ->
             retry_route(
                 "/retry-after",
                 [a.url],
-                {**FAST_RETRY, "max_retries": 1},
+                {**FAST_RETRY, "max_retries": 1, "max_backoff_ms": 2000},
                 internal="/_status/503",
             ),
             retry_route(
