@@ -556,3 +556,38 @@ def test_registry_transitions_keep_flowing_after_a_reconfigure() -> None:
     registry.configure([(BACKEND, policy(failure_threshold=1))])
     fail(breaker, 1)
     assert recorder.transitions == [(BACKEND, "closed", "open")]
+
+
+# --- outcomes count only in the state they were admitted in ---------------------------------------
+
+
+def test_outcomes_of_attempts_admitted_while_closed_do_not_move_a_half_open_breaker() -> None:
+    _, breaker = breaker_with(failure_threshold=3, success_threshold=1)
+    stale_success, stale_failure = admitted(breaker), admitted(breaker)
+    fail(breaker, 3)
+    wait_for_half_open(breaker)
+    trial = admitted(breaker)
+    assert breaker.state == "half_open"
+
+    stale_success.success()
+    assert breaker.state == "half_open", "a success admitted while closed must not close it"
+    stale_failure.failure()
+    assert breaker.state == "half_open", "a failure admitted while closed must not reopen it"
+    trial.success()
+    assert breaker.state == "closed"
+
+
+def test_outcomes_of_an_earlier_half_open_period_do_not_count_in_the_next() -> None:
+    _, breaker = breaker_with(success_threshold=1, half_open_max_calls=2)
+    fail(breaker, breaker.policy.failure_threshold)
+    wait_for_half_open(breaker)
+    earlier, failing = admitted(breaker), admitted(breaker)
+    failing.failure()
+    assert breaker.state == "open"
+    wait_for_half_open(breaker)
+    trial = admitted(breaker)
+
+    earlier.success()
+    assert breaker.state == "half_open", "a trial of the previous half-open period is stale"
+    trial.success()
+    assert breaker.state == "closed"

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Literal
@@ -724,3 +725,99 @@ async def test_h1_callers_stale_content_length_is_replaced_for_bytes(
 
     assert header_values(seen["headers"], "content-length") == ["1000"]
     assert seen["body_len"] == 1000
+
+
+@pytest.mark.parametrize("ending", ["fin", "rst"])
+async def test_h1_close_delimited_body_ends_cleanly_on_fin_and_is_a_reset_on_rst(
+    h1: H1Upstream, ending: str
+) -> None:
+    async def answer_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello ")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"world")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        if ending == "rst":
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()
+
+    error: UpstreamError | None = None
+    received = b""
+    async with RawServer(answer_then_close) as server:
+        response = await h1.send(upstream_request(server.url))
+        try:
+            async for chunk in response.iter_chunks():
+                received += chunk
+        except UpstreamError as exc:
+            error = exc
+        finally:
+            await response.close()
+
+    if ending == "fin":
+        assert error is None
+        assert received == b"hello world"
+    else:
+        assert error is not None, f"an RST after {received!r} was taken for the end of the body"
+        assert (error.kind, error.sent) == ("reset", True)
+        assert b"hello world".startswith(received)
+
+
+class LiveConnections:
+    """Wraps a RawServer handler to count the connections open at the server right now."""
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+        self.open = 0
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open += 1
+        try:
+            await self._handler(reader, writer)
+        finally:
+            self.open -= 1
+
+
+async def wait_for_open_at_most(live: LiveConnections, count: int, timeout_s: float = 1.0) -> None:
+    """Give the server time to see the client's closes; returns early once few enough are open."""
+    deadline = time.monotonic() + timeout_s
+    while live.open > count and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+
+
+async def test_h1_stale_idle_connections_are_evicted_while_a_hot_one_keeps_being_reused(
+    h1: H1Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(h1client, "IDLE_TIMEOUT_S", 0.3)
+    live = LiveConnections(keep_alive_server())
+
+    async with RawServer(live) as server:
+        await asyncio.gather(*(fetch(h1, f"{server.url}/burst/{i}") for i in range(20)))
+        assert server.connections == 20
+        assert live.open == 20
+        for i in range(10):
+            await asyncio.sleep(0.1)
+            _, body = await fetch(h1, f"{server.url}/steady/{i}")
+            assert body == b"ok"
+        await wait_for_open_at_most(live, 2)
+
+        assert live.open <= 2, "idle connections past IDLE_TIMEOUT_S stayed open under LIFO reuse"
+
+
+async def test_h1_idle_pool_keeps_at_most_max_idle_per_origin(
+    h1: H1Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(h1client, "MAX_IDLE_PER_ORIGIN", 3)
+    live = LiveConnections(keep_alive_server())
+
+    async with RawServer(live) as server:
+        answers = await asyncio.gather(*(fetch(h1, f"{server.url}/{i}") for i in range(10)))
+        assert [body for _, body in answers] == [b"ok"] * 10
+        assert server.connections == 10
+        await wait_for_open_at_most(live, 3)
+
+        assert live.open == 3
+        await fetch(h1, server.url)
+        assert server.connections == 10, "the connections kept are reused"
