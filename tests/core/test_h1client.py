@@ -770,6 +770,7 @@ class LiveConnections:
 
     def __init__(self, handler: Handler) -> None:
         self._handler = handler
+        self._changed = asyncio.Condition()
         self.open = 0
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -778,13 +779,14 @@ class LiveConnections:
             await self._handler(reader, writer)
         finally:
             self.open -= 1
+            async with self._changed:
+                self._changed.notify_all()
 
-
-async def wait_for_open_at_most(live: LiveConnections, count: int, timeout_s: float = 1.0) -> None:
-    """Give the server time to see the client's closes; returns early once few enough are open."""
-    deadline = time.monotonic() + timeout_s
-    while live.open > count and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
+    async def settle(self, at_most: int, timeout_s: float = 1.0) -> None:
+        """Give the server time to see the client's closes; returns once few enough are open."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s), self._changed:
+                await self._changed.wait_for(lambda: self.open <= at_most)
 
 
 async def test_h1_stale_idle_connections_are_evicted_while_a_hot_one_keeps_being_reused(
@@ -801,7 +803,7 @@ async def test_h1_stale_idle_connections_are_evicted_while_a_hot_one_keeps_being
             await asyncio.sleep(0.1)
             _, body = await fetch(h1, f"{server.url}/steady/{i}")
             assert body == b"ok"
-        await wait_for_open_at_most(live, 2)
+        await live.settle(at_most=2)
 
         assert live.open <= 2, "idle connections past IDLE_TIMEOUT_S stayed open under LIFO reuse"
 
@@ -816,8 +818,31 @@ async def test_h1_idle_pool_keeps_at_most_max_idle_per_origin(
         answers = await asyncio.gather(*(fetch(h1, f"{server.url}/{i}") for i in range(10)))
         assert [body for _, body in answers] == [b"ok"] * 10
         assert server.connections == 10
-        await wait_for_open_at_most(live, 3)
+        await live.settle(at_most=3)
 
         assert live.open == 3
         await fetch(h1, server.url)
         assert server.connections == 10, "the connections kept are reused"
+
+
+async def test_h1_taking_a_connection_evicts_the_stale_ones_behind_it(
+    h1: H1Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(h1client, "IDLE_TIMEOUT_S", 0.3)
+    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+
+    def answer(head: bytes) -> bytes:
+        return closing if head.startswith(b"GET /last") else OK_RESPONSE
+
+    live = LiveConnections(keep_alive_server(answer))
+
+    async with RawServer(live) as server:
+        await asyncio.gather(*(fetch(h1, f"{server.url}/burst/{i}") for i in range(20)))
+        await asyncio.sleep(0.2)
+        await fetch(h1, f"{server.url}/refresh")  # the newest goes back fresh, the rest age on
+        await asyncio.sleep(0.2)
+        _, body = await fetch(h1, f"{server.url}/last")  # taken, never returned
+        await live.settle(at_most=0)
+
+        assert body == b"ok"
+        assert live.open == 0, "the take left stale idle connections open behind the fresh one"
