@@ -9,6 +9,7 @@ breakers and edit routes, so exposing it is a decision, not a default.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -50,6 +51,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         app = create_app(args.gateway, args.token)
     except ValueError as exc:  # a gateway URL that is not http(s)

@@ -1,0 +1,78 @@
+"""Cross-site request protection: a state-changing POST needs the session's token and this host."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from kairos_client import KairosClient
+from tests.ui.dashboard import Stack, open_page
+
+
+@pytest.fixture
+def session(stack: Stack) -> Iterator[httpx.Client]:
+    """A client that loaded a page, so it holds the CSRF cookie like a browser would."""
+    with httpx.Client(base_url=stack.ui.url, trust_env=False, timeout=10) as client:
+        assert client.get("/backends").status_code == 200
+        yield client
+
+
+def breaker_state(stack: Stack) -> str:
+    with KairosClient(stack.gateway.admin_url, token="") as admin:
+        return {c.backend: c.state for c in admin.circuits()}[stack.upstream.url]
+
+
+def test_a_post_needs_the_session_token_and_this_origin(
+    stack: Stack, session: httpx.Client
+) -> None:
+    set_cookie = httpx.get(stack.ui.url, trust_env=False).headers["set-cookie"]
+    assert set_cookie.startswith("kairos_csrf=")
+    assert "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie
+    token = session.cookies["kairos_csrf"]
+    open_breaker = {"backend": stack.upstream.url}
+
+    refused = [
+        session.post("/ui/circuits/open", data=open_breaker),
+        session.post("/ui/circuits/open", data=open_breaker, headers={"X-CSRF-Token": "A" * 43}),
+        session.post(
+            "/ui/circuits/open",
+            data={**open_breaker, "csrf_token": token},
+            headers={"Origin": "https://evil.example"},
+        ),
+        session.post(
+            "/ui/circuits/open",
+            data=open_breaker,
+            headers={"X-CSRF-Token": token, "Referer": "https://evil.example/page"},
+        ),
+    ]
+    assert [response.status_code for response in refused] == [403, 403, 403, 403]
+    assert breaker_state(stack) == "closed"
+
+    accepted = session.post(
+        "/ui/circuits/open",
+        data={**open_breaker, "csrf_token": token},
+        headers={"Origin": stack.ui.url},
+    )
+    assert accepted.status_code == 200
+    assert breaker_state(stack) == "open"
+
+
+def test_a_page_on_another_origin_cannot_drive_the_dashboard(stack: Stack, page: Page) -> None:
+    open_page(page, stack.ui, "/backends")  # the victim holds a session
+    attacker = page.context.new_page()
+    attacker.set_content(
+        f"""<form id="f" method="post" action="{stack.ui.url}/ui/circuits/open">
+        <input name="backend" value="{stack.upstream.url}"></form>"""
+    )
+
+    with attacker.expect_navigation():
+        attacker.evaluate("document.getElementById('f').submit()")
+
+    assert "Forbidden" in attacker.content()
+    assert breaker_state(stack) == "closed"
+    expect(page.locator(f"tr[data-backend='{stack.upstream.url}'] [data-state]")).to_have_text(
+        "closed"
+    )
