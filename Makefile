@@ -39,11 +39,14 @@ test: $(STAMP) system-deps lint
 	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
 
 run: $(STAMP)
-	@echo "demo backends on 9001-9003, gateway on http://127.0.0.1:5900, admin on http://127.0.0.1:5901 (Ctrl-C stops all)"
+	@echo "demo backends on 9001-9003, gateway on http://127.0.0.1:5900, admin on http://127.0.0.1:5901,"
+	@echo "dashboard on http://127.0.0.1:5902 (Ctrl-C stops all)"
 	@trap 'kill $$(jobs -p) 2>/dev/null; wait' INT TERM EXIT; \
 	$(BIN)/python examples/demo_backends.py & \
 	sleep 1; \
 	$(BIN)/kairos-gateway config.json & \
+	sleep 1; \
+	$(BIN)/kairos-ui --gateway http://127.0.0.1:5901 --port 5902 & \
 	wait
 
 bench: $(STAMP)

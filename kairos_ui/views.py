@@ -60,6 +60,15 @@ def _issue(detail: ValidationIssue) -> FormIssue:
     return FormIssue(detail.path, detail.message, detail.line)
 
 
+@dataclass(frozen=True)
+class Chart:
+    """A chart as the template shows it: a caption, a legend and the SVG."""
+
+    title: str
+    legend: list[tuple[str, str]]
+    svg: str
+
+
 class Dashboard:
     """Every endpoint of the dashboard, sharing the client, the state and the renderer."""
 
@@ -166,32 +175,35 @@ class Dashboard:
         charts, _ = await self._charts()
         return self._fragment(request, "fragments/charts.html", charts=charts)
 
-    async def _charts(self) -> tuple[list[str], GatewayLink | None]:
+    async def _charts(self) -> tuple[list[Chart], GatewayLink | None]:
         """The overview's SVG charts of the last 15 minutes (empty when history is unavailable)."""
         try:
             history = await self.client.metrics_history(HISTORY_SECONDS)
         except KairosError as exc:
             return [], link_for(exc)
         points = history.points
-        requests = line_chart(
-            [
-                Series("requests/s", [(p.t, p.requests) for p in points], "series-requests"),
-                Series("errors/s", [(p.t, p.errors) for p in points], "series-errors"),
-            ],
-            title="Requests per second",
-            unit="req/s",
-            window_s=HISTORY_SECONDS,
-        )
-        latency = line_chart(
-            [
-                Series("p99", [(p.t, p.p99_ms) for p in points], "series-p99"),
-                Series("p50", [(p.t, p.p50_ms) for p in points], "series-p50"),
-            ],
-            title="Latency",
-            unit="ms",
-            window_s=HISTORY_SECONDS,
-        )
-        return [requests, latency], None
+        charts = []
+        for title, unit, series in (
+            (
+                "Requests per second",
+                "req/s",
+                [
+                    Series("requests/s", [(p.t, p.requests) for p in points], "series-requests"),
+                    Series("errors/s", [(p.t, p.errors) for p in points], "series-errors"),
+                ],
+            ),
+            (
+                "Latency",
+                "ms",
+                [
+                    Series("p99", [(p.t, p.p99_ms) for p in points], "series-p99"),
+                    Series("p50", [(p.t, p.p50_ms) for p in points], "series-p50"),
+                ],
+            ),
+        ):
+            svg = line_chart(series, title=title, unit=unit, window_s=HISTORY_SECONDS)
+            charts.append(Chart(title, [(s.name, s.css_class) for s in series], svg))
+        return charts, None
 
     async def health(self, request: Request) -> JSONResponse:
         """The dashboard's own liveness, its link to the gateway, and the open browser streams."""
