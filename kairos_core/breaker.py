@@ -201,6 +201,8 @@ class BackendBreaker:
             # admitted under an earlier state (a long request started before the breaker
             # opened, or before this half-open period): its outcome says nothing about now
             return
+        if not failed and self.state == "closed" and self._breaker.fail_counter == 0:
+            return  # a success would only reset a count that is already zero
         with contextlib.suppress(_Failure, pybreaker.CircuitBreakerError), self._breaker.calling():
             if failed:
                 raise _Failure

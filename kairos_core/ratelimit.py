@@ -36,6 +36,10 @@ from limits.aio.strategies import (
 )
 from limits.aio.strategies import RateLimiter as RateLimiterStrategy
 from limits.storage import storage_from_string
+from limits.storage import storage_from_string as sync_storage_from_string
+from limits.strategies import FixedWindowRateLimiter as SyncFixedWindow
+from limits.strategies import MovingWindowRateLimiter as SyncMovingWindow
+from limits.strategies import RateLimiter as SyncStrategy
 
 from kairos_core.config.models import RateLimitConfig
 
@@ -155,15 +159,27 @@ class RateLimiter:
     """Checks a request against its policy's keys; windows via ``limits``, buckets in memory.
 
     ``storage_uri`` picks where window counters live (``memory://`` by default; ``redis://...``
-    for clusters) — the policies never know which.
+    for clusters) — the policies never know which. In memory, ``limits``' synchronous storage is
+    used (nothing there ever waits, so coroutines would only add overhead); any other storage
+    goes through ``limits``' asyncio strategies.
     """
 
     def __init__(self, storage_uri: str = "memory://") -> None:
-        self._storage = storage_from_string(f"async+{storage_uri}")
-        self._windows: dict[str, RateLimiterStrategy] = {
-            "FixedWindow": FixedWindowRateLimiter(self._storage),
-            "SlidingWindow": MovingWindowRateLimiter(self._storage),
-        }
+        self._in_memory = storage_uri.startswith("memory://")
+        self._sync: dict[str, SyncStrategy] = {}
+        self._async: dict[str, RateLimiterStrategy] = {}
+        if self._in_memory:
+            storage = sync_storage_from_string(storage_uri)
+            self._sync = {
+                "FixedWindow": SyncFixedWindow(storage),
+                "SlidingWindow": SyncMovingWindow(storage),
+            }
+        else:
+            shared = storage_from_string(f"async+{storage_uri}")
+            self._async = {
+                "FixedWindow": FixedWindowRateLimiter(shared),
+                "SlidingWindow": MovingWindowRateLimiter(shared),
+            }
         self._buckets = TokenBuckets()
 
     async def check(self, policy: RateLimitConfig, keys: Sequence[LimitKey]) -> LimitDecision:
@@ -179,8 +195,13 @@ class RateLimiter:
         if policy.window_type == "TokenBucket":
             return self._buckets.take(key, limit, refill_per_second(policy))
         item = RateLimitItemPerSecond(limit, policy.window_duration)
-        strategy = self._windows[policy.window_type]
-        allowed = await strategy.hit(item, key)
-        stats = await strategy.get_window_stats(item, key)
+        if self._in_memory:
+            sync = self._sync[policy.window_type]
+            allowed = sync.hit(item, key)
+            stats = sync.get_window_stats(item, key)
+        else:
+            strategy = self._async[policy.window_type]
+            allowed = await strategy.hit(item, key)
+            stats = await strategy.get_window_stats(item, key)
         reset_s = max(stats.reset_time - time.time(), 0.0)
         return LimitDecision(allowed, limit, stats.remaining, reset_s, reset_s)
