@@ -11,14 +11,13 @@
 - ``If-Match: *`` and weak validators are accepted by ``PUT /api/config``; a stale one is 412.
 
 Every test starts its own gateway (``gateway_factory``); a test that needs exact bytes on the wire
-talks to the gateway over a raw socket or puts a raw upstream (``RawUpstream``) behind it.
+talks to the gateway over a raw socket or puts a raw upstream (``CannedUpstream``) behind it.
 """
 
 from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.canned import CannedUpstream
 from tests.support.gateway import Gateway, route
 from tests.support.procs import Upstream
 
@@ -48,54 +48,12 @@ NON_ASCII_RESPONSE = (
 STALLED_SMALL_BODY = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789"
 
 
-class RawUpstream:
-    """A loopback TCP server answering each request with fixed ``response`` bytes.
-
-    ``requests`` holds the exact bytes of every request head received. With ``hold_open`` the
-    connection is left open and silent after the answer until ``close``; otherwise it is closed.
-    """
-
-    def __init__(self, response: bytes, *, hold_open: bool = False) -> None:
-        self._response = response
-        self._hold_open = hold_open
-        self._closed = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        self.requests: list[bytes] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        self._closed.set()
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
-        with conn:
-            received = b""
-            while b"\r\n\r\n" not in received:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                received += chunk
-            self.requests.append(received.partition(b"\r\n\r\n")[0] + b"\r\n\r\n")
-            conn.sendall(self._response)
-            if self._hold_open:
-                self._closed.wait(CLIENT_TIMEOUT_S)
-
-
 @pytest.fixture
-def raw_upstream() -> Iterator[Callable[..., RawUpstream]]:
-    started: list[RawUpstream] = []
+def raw_upstream() -> Iterator[Callable[..., CannedUpstream]]:
+    started: list[CannedUpstream] = []
 
-    def start(response: bytes, **kwargs: Any) -> RawUpstream:
-        upstream = RawUpstream(response, **kwargs)
+    def start(response: bytes, **kwargs: Any) -> CannedUpstream:
+        upstream = CannedUpstream(response, **kwargs)
         started.append(upstream)
         return upstream
 
@@ -187,7 +145,7 @@ def test_retry_after_above_max_backoff_ends_the_retries(
 
 
 def test_non_ascii_header_bytes_pass_through_unchanged_both_ways(
-    gateway_factory: GatewayFactory, raw_upstream: Callable[..., RawUpstream]
+    gateway_factory: GatewayFactory, raw_upstream: Callable[..., CannedUpstream]
 ) -> None:
     upstream = raw_upstream(NON_ASCII_RESPONSE)
     gateway = gateway_factory({"routers": [route("/raw", "/raw", [upstream.url])]})
@@ -243,7 +201,7 @@ def test_an_abandoned_request_is_logged_and_counted_as_499(
 
 
 def test_a_small_body_stalled_past_timeout_ms_is_504_timeout(
-    gateway_factory: GatewayFactory, raw_upstream: Callable[..., RawUpstream]
+    gateway_factory: GatewayFactory, raw_upstream: Callable[..., CannedUpstream]
 ) -> None:
     upstream = raw_upstream(STALLED_SMALL_BODY, hold_open=True)
     gateway = gateway_factory(

@@ -14,7 +14,6 @@ import hashlib
 import random
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import httpx
 import jwt
 import pytest
 
+from tests.support.canned import CannedUpstream
 from tests.support.gateway import Gateway, route
 from tests.support.procs import Upstream, free_port
 
@@ -62,43 +62,6 @@ HOP_BY_HOP_RESPONSE = (
     b"X-End-To-End: kept\r\n"
     b"Content-Length: 2\r\n\r\nok"
 )
-
-
-class CannedUpstream:
-    """A loopback TCP server that answers every request with ``response``, then closes.
-
-    With ``stall_s`` it holds the connection open that long after writing ``response`` (a body
-    that stops mid-way). Each connection runs in its own thread so a stall blocks nobody else.
-    """
-
-    def __init__(self, response: bytes, *, stall_s: float = 0.0) -> None:
-        self._response = response
-        self._stall_s = stall_s
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
-        with conn:
-            received = b""
-            while b"\r\n\r\n" not in received:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                received += chunk
-            conn.sendall(self._response)
-            time.sleep(self._stall_s)
-
-    def close(self) -> None:
-        self._server.close()
 
 
 @dataclass

@@ -13,8 +13,6 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +24,7 @@ import aiohttp
 import httpx
 import pytest
 
+from tests.support.canned import CannedUpstream
 from tests.support.gateway import Gateway, route
 from tests.support.procs import Upstream, free_port
 from tests.support.upstreams import HitRecord
@@ -43,37 +42,6 @@ GARBAGE_RETRY_AFTER = (
     b"Connection: close\r\n\r\n"
     b'{"server": "canned"}'
 )
-
-
-class CannedUpstream:
-    """A loopback TCP server answering every request with ``response`` bytes; counts requests."""
-
-    def __init__(self, response: bytes) -> None:
-        self._response = response
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
-        self.hits = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._server.accept()
-            except OSError:
-                return
-            with conn:
-                received = b""
-                while b"\r\n\r\n" not in received:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    received += chunk
-                else:
-                    self.hits += 1
-                    conn.sendall(self._response)
-
-    def close(self) -> None:
-        self._server.close()
 
 
 @dataclass
