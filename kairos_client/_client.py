@@ -27,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 from ._errors import (
     KairosAPIError,
     KairosConnectionError,
+    KairosError,
     error_from_response,
     invalid_response,
 )
@@ -88,12 +89,19 @@ def _text(content: bytes) -> str:
 
 
 def _segment(value: str) -> str:
-    """``value`` as one path segment: ``/`` and ``:`` in a backend key cannot split the path."""
+    """``value`` as one path segment: ``/`` and ``:`` in a backend key cannot split the path,
+    and ``.`` / ``..`` cannot become path steps."""
+    if value in (".", ".."):
+        return value.replace(".", "%2E")
     return quote(value, safe="")
 
 
 def _if_match(config_version: str | None) -> dict[str, str]:
-    return {} if config_version is None else {"If-Match": config_version}
+    if config_version is None:
+        return {}
+    if not config_version.isascii() or not config_version.isprintable():
+        raise KairosError(f"invalid config version for If-Match: {config_version!r}")
+    return {"If-Match": config_version}
 
 
 def _json_object(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -387,6 +395,8 @@ class KairosClient(_BaseClient):
             response = self._http.request(
                 call.method, call.path, params=call.params, json=call.body, headers=call.headers
             )
+        except httpx.LocalProtocolError as exc:  # a request we could not even write
+            raise KairosError(f"invalid request: {exc}") from exc
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
         return _result(call, response)
@@ -679,6 +689,8 @@ class AsyncKairosClient(_BaseClient):
             response = await self._http.request(
                 call.method, call.path, params=call.params, json=call.body, headers=call.headers
             )
+        except httpx.LocalProtocolError as exc:  # a request we could not even write
+            raise KairosError(f"invalid request: {exc}") from exc
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
         return _result(call, response)

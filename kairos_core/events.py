@@ -58,6 +58,11 @@ class EventBus:
 
         return unsubscribe
 
+    @property
+    def last_id(self) -> int:
+        """The id of the newest event published (0 before the first)."""
+        return self._recent[-1].id if self._recent else 0
+
     def since(self, last_id: int) -> list[Event]:
         """Buffered events with ``id > last_id`` (oldest first)."""
         return [event for event in self._recent if event.id > last_id]

@@ -239,6 +239,8 @@ class AdminApi:
             )
             await response.send(": kairos events\nretry: 1000\n\n")
             replay = bus.since(int(last)) if last.isdigit() else []
+            if last.isdigit() and int(last) > bus.last_id:
+                replay = bus.since(0)  # an id from before a restart: everything we still have
             sent = replay[-1].id if replay else 0
             for event in replay:
                 await response.send(_sse(event))
@@ -295,7 +297,8 @@ class AdminApi:
         def replace(current: LoadedConfig) -> dict[str, Any]:
             nonlocal index
             index = self._route_index(current, wanted)
-            return with_route_replaced(current.document, index, body)
+            running = current.document.get("routers", [])[index]
+            return with_route_replaced(current.document, index, restore_secrets(body, running))
 
         _, after = await self._apply(request, replace, "route updated", duplicate_is_conflict=True)
         updated = self._route_infos(after)[index]

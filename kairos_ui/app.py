@@ -24,12 +24,13 @@ Every POST passes :class:`~kairos_ui.csrf.CSRFMiddleware`; every answer carries 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -46,8 +47,15 @@ from .views import Dashboard
 STATIC_DIR = Path(__file__).parent / "static"
 
 
-def create_app(gateway_url: str, token: str | None) -> Starlette:
-    """The dashboard for the admin API at ``gateway_url`` (``token``: its bearer token)."""
+def create_app(
+    gateway_url: str, token: str | None, *, allowed_hosts: Sequence[str] = ()
+) -> Starlette:
+    """The dashboard for the admin API at ``gateway_url`` (``token``: its bearer token).
+
+    Only requests whose ``Host`` is loopback or one of ``allowed_hosts`` are served: a page on
+    another site that rebinds its DNS name to this machine is refused (400) before the CSRF
+    check, which compares ``Origin`` with ``Host``, could be fooled.
+    """
     client = AsyncKairosClient(gateway_url, token=token or "")
     state = DashboardState()
     renderer = Renderer()
@@ -86,7 +94,14 @@ def create_app(gateway_url: str, token: str | None) -> Starlette:
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(SecurityHeadersMiddleware), Middleware(CSRFMiddleware)],
+        middleware=[
+            Middleware(
+                TrustedHostMiddleware,
+                allowed_hosts=["127.0.0.1", "localhost", "[::1]", "::1", *allowed_hosts],
+            ),
+            Middleware(SecurityHeadersMiddleware),
+            Middleware(CSRFMiddleware),
+        ],
         exception_handlers={404: dashboard.not_found, 500: dashboard.server_error},
         lifespan=lifespan,
     )

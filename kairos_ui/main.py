@@ -46,6 +46,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help="listen port (default: %(default)s)"
     )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        help="a host name browsers use to reach the dashboard, besides loopback (repeatable)",
+    )
     return parser.parse_args(argv)
 
 
@@ -55,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        app = create_app(args.gateway, args.token)
+        hosts = [args.host] if args.host not in ("0.0.0.0", "::") else []
+        app = create_app(args.gateway, args.token, allowed_hosts=[*hosts, *args.allowed_host])
     except ValueError as exc:  # a gateway URL that is not http(s)
         print(f"kairos-ui: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncGenerator, Iterable
 from typing import Any, cast
 
@@ -82,6 +83,7 @@ class GatewayRelay:
         self._dirty: set[str] = set()
         self._changed = asyncio.Event()
         self._known_version: str | None = None
+        self._seeded_at = 0.0  # gateway event times before this are replays (same clock assumed)
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -145,6 +147,7 @@ class GatewayRelay:
             delay_s = min(delay_s * 2, self._max_backoff_s)
 
     async def _seed(self) -> None:
+        self._seeded_at = time.time()
         snapshot = await self._client.metrics()
         decisions = await self._client.ai_decisions(DECISIONS_KEPT)
         await self.refresh_config()
@@ -166,7 +169,12 @@ class GatewayRelay:
 
     async def _handle(self, event: Event) -> None:
         data: dict[str, Any] = event.data
+        # Replayed events older than the seed only fill the histories: the seed already holds
+        # newer figures, routes and config, so they never overwrite it or trigger refetches.
+        replayed = event.time < self._seeded_at
         try:
+            if event.type == "snapshot" and replayed:
+                return
             if event.type == "snapshot":
                 await self._on_snapshot(MetricsSnapshot.model_validate(data))
             elif event.type == "circuit":
@@ -176,9 +184,10 @@ class GatewayRelay:
             elif event.type == "reload":
                 self._state.reloads.appendleft(_reload_record(event))
                 self.mark(("reloads",))
-                if data.get("result") == "success" and data.get("version") != self._known_version:
+                fresh = data.get("version") != self._known_version
+                if data.get("result") == "success" and fresh and not replayed:
                     await self.refresh_config()
-            elif event.type == "route":
+            elif event.type == "route" and not replayed:
                 await self.refresh_config()
             elif event.type == "ai_decision":
                 self._on_decision(AiDecision.model_validate(data))

@@ -24,6 +24,7 @@ from kairos_client.models import ValidationIssue
 from .broadcast import Broadcaster
 from .charts import Series, line_chart
 from .forms import STANDARD_METHODS, FormIssue, RouteForm
+from .headers import SECURITY_HEADERS
 from .relay import NOT_AUTHORISED, GatewayRelay, link_for
 from .rendering import Renderer
 from .state import DashboardState, GatewayLink
@@ -249,8 +250,10 @@ class Dashboard:
         if not route_id:
             return self._route_form(request, RouteForm())
         try:
-            info = await self.client.route(route_id)
+            # version first: if the config changes before the route is read, the save is refused
+            # (412) instead of silently overwriting that change with stale contents
             version = (await self.client.config()).config_version
+            info = await self.client.route(route_id)
         except KairosError as exc:
             return self._route_form(request, RouteForm(), message=describe(exc))
         return self._route_form(
@@ -402,12 +405,16 @@ class Dashboard:
         )
 
     async def server_error(self, request: Request, exc: Exception) -> Response:
-        return self._error_page(
+        response = self._error_page(
             request,
             500,
             "Something went wrong",
             "The dashboard hit an error; its log has the details.",
         )
+        # Starlette answers 500s outside every middleware: add the security headers here
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
 
     def _error_page(self, request: Request, status: int, title: str, text: str) -> Response:
         if request.headers.get("hx-request"):

@@ -21,6 +21,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -294,3 +295,42 @@ def test_put_config_accepts_star_and_weak_validators_and_refuses_a_stale_one(
             assert refused.status_code == 412, refused.text
             assert refused.json()["type"] == "precondition_failed"
         assert gateway.config_version() == current
+
+
+def test_a_route_saved_back_with_redacted_secrets_keeps_them(
+    gateway_factory: Callable[..., Gateway], upstream_factory: Callable[[str], Upstream]
+) -> None:
+    a, b = upstream_factory("a"), upstream_factory("b")
+    secret_key = "route-provider-key-0123456789"
+    ai_route = {
+        **route("/smart", "/", [a.url, b.url], name="smart"),
+        "ai_policy": {
+            "enabled": True,
+            "strategy": "latency_prediction",
+            "fallback_providers": [{"provider": "openai", "model": "m", "api_key": secret_key}],
+        },
+    }
+    gateway = gateway_factory({"routers": [ai_route]})
+    with httpx.Client(base_url=gateway.admin_url, trust_env=False) as admin:
+        shown = admin.get("/api/routes/smart").json()["config"]
+        assert secret_key not in json.dumps(shown)
+        assert admin.put("/api/routes/smart", json=shown).status_code == 200
+    saved = json.loads(gateway.config_path.read_text())["routers"][0]
+    assert saved["ai_policy"]["fallback_providers"][0]["api_key"] == secret_key
+
+
+def test_an_event_id_from_before_a_restart_replays_what_the_gateway_has(
+    gateway_factory: Callable[..., Gateway], upstream_factory: Callable[[str], Upstream]
+) -> None:
+    a = upstream_factory("a")
+    gateway = gateway_factory({"routers": [route("/a", "/", [a.url], name="a")]})
+    with httpx.Client(base_url=gateway.admin_url, trust_env=False, timeout=5) as admin:
+        admin.post(f"/api/circuits/{quote(a.url, safe='')}/open")
+        with admin.stream("GET", "/api/events", headers={"Last-Event-ID": "999999"}) as stream:
+            seen = []
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    seen.append(line.removeprefix("event: "))
+                if "circuit" in seen:
+                    break
+    assert "circuit" in seen

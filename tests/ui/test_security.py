@@ -76,3 +76,23 @@ def test_a_page_on_another_origin_cannot_drive_the_dashboard(stack: Stack, page:
     expect(page.locator(f"tr[data-backend='{stack.upstream.url}'] [data-state]")).to_have_text(
         "closed"
     )
+
+
+def test_a_rebound_host_name_is_refused_before_any_page_or_token(
+    stack: Stack, session: httpx.Client
+) -> None:
+    port = httpx.URL(stack.ui.url).port
+    rebound = {"Host": f"evil.example:{port}"}
+
+    page = httpx.get(f"{stack.ui.url}/backends", headers=rebound, trust_env=False)
+    token = session.cookies["kairos_csrf"]
+    post = session.post(
+        "/ui/circuits/open",
+        data={"backend": stack.upstream.url, "csrf_token": token},
+        headers={**rebound, "Origin": f"http://evil.example:{port}"},
+    )
+
+    assert page.status_code == 400
+    assert "set-cookie" not in page.headers
+    assert post.status_code == 400
+    assert breaker_state(stack) == "closed"
