@@ -77,7 +77,6 @@ route's policies.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
@@ -86,7 +85,14 @@ from kairos_core.auth import AuthError, Identity
 from kairos_core.balancing import BackendRef, make_balancer
 from kairos_core.config.models import Backend, RetryConfig
 from kairos_core.errors import STATUS
-from kairos_core.http import header, strip_hop_by_hop, without
+from kairos_core.http import (
+    FORWARDED_HEADERS,
+    HEADER_NAME,
+    NON_IDEMPOTENT_METHODS,
+    header,
+    strip_hop_by_hop,
+    without,
+)
 from kairos_core.ratelimit import LimitKey, capacity, describe, limit_keys, refill_per_second
 from kairos_core.retry import RetryStep, retry_schedule
 from kairos_core.routing import BadPath, MethodNotAllowed, NotFound, RouteMatch
@@ -114,16 +120,6 @@ __all__ = [
 INELIGIBLE_STATES = frozenset({"open", "forced_open", "unhealthy"})
 """Backend states (normalised: lower case, ``-`` and spaces as ``_``) that take it out of a pick."""
 
-NON_IDEMPOTENT_METHODS = frozenset({"POST", "PATCH"})
-GATEWAY_SET_HEADERS = (
-    "host",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-request-id",
-)
-"""Client headers the gateway replaces with its own before the request transformation runs."""
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _PICK_NOTES = {
     "round_robin": "first pick of a fresh rotation; the running gateway rotates",
     "weighted": "first pick of a fresh smooth weighted rotation; the running gateway rotates",
@@ -393,7 +389,7 @@ def _plan_route(
         pick = _pick(state, strategy, "fallback", route.fallback, fallback, base.client_ip)
 
     auth, identity = _authenticate(state, route, headers, token)
-    forwarded = without(strip_hop_by_hop(headers), *GATEWAY_SET_HEADERS)
+    forwarded = without(strip_hop_by_hop(headers), *FORWARDED_HEADERS)
     before = RequestParts(match.upstream_path, base.query, tuple(forwarded))
     after = route.request_transform.apply(before) if route.request_transform else before
     upstream_url = None
@@ -457,7 +453,7 @@ def _reject(plan: DryRun, outcome: str, message: str) -> DryRun:
 
 def _bad_header(headers: Sequence[tuple[str, str]]) -> str | None:
     for name, value in headers:
-        if not _HEADER_NAME.fullmatch(name):
+        if not HEADER_NAME.fullmatch(name):
             return f"invalid header name {name!r}"
         if any(char in value for char in "\r\n\0"):
             return f"header {name!r} value contains CR, LF or NUL"

@@ -7,6 +7,7 @@ repeated headers such as ``Set-Cookie`` included, passes through in order.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -27,6 +28,21 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+
+FORWARDED_HEADERS = (
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+)
+"""Client headers the gateway replaces with its own before the request transformation runs."""
+
+NON_IDEMPOTENT_METHODS = frozenset({"POST", "PATCH"})
+"""Methods retried only when the request never left (DESIGN.md §5)."""
+
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+"""A valid header name: an RFC 9110 token."""
 
 SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
     ("X-Content-Type-Options", "nosniff"),

@@ -35,6 +35,9 @@ from kairos_core.breaker import Trial
 from kairos_core.config.models import Backend, RetryConfig
 from kairos_core.errors import ErrorType, GatewayError
 from kairos_core.http import (
+    FORWARDED_HEADERS,
+    HEADER_NAME,
+    NON_IDEMPOTENT_METHODS,
     SECURITY_HEADERS,
     Headers,
     ProxyRequest,
@@ -56,9 +59,7 @@ log = logging.getLogger("kairos.pipeline")
 Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 _E = TypeVar("_E", bound=BaseException)
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_FORWARDED = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id", "host")
 
 
 @dataclass(slots=True)
@@ -207,7 +208,7 @@ class Pipeline:
         if ctx.host is None and ctx.request.http_version == "1.1":
             raise GatewayError("bad_request", "HTTP/1.1 request without a Host header")
         for name, value in ctx.request.headers:
-            if not _TOKEN.fullmatch(name):
+            if not HEADER_NAME.fullmatch(name):
                 raise GatewayError("bad_request", f"malformed header name {name!r}")
             if _CONTROL.search(value):
                 raise GatewayError("bad_request", f"control character in header {name!r}")
@@ -319,7 +320,7 @@ class Pipeline:
         body: bytes | AsyncIterator[bytes] | None,
     ) -> UpstreamRequest:
         request = ctx.request
-        headers = without(strip_hop_by_hop(request.headers), *_FORWARDED)
+        headers = without(strip_hop_by_hop(request.headers), *FORWARDED_HEADERS)
         path, query = match.upstream_path, request.query
         if route.request_transform is not None:
             parts = route.request_transform.apply(RequestParts(path, query, tuple(headers)))
@@ -575,7 +576,6 @@ async def _relay(response: UpstreamResponse, record: RequestRecord) -> AsyncIter
         raise
 
 
-NON_IDEMPOTENT = frozenset({"POST", "PATCH"})
 BUFFER_BODY_BYTES = 64 * 1024
 
 
@@ -688,7 +688,7 @@ def _classify(ctx: _Context, policy: RetryConfig, outcome: _Outcome) -> RetryDec
     """DESIGN.md §5: which outcomes are retried for this request."""
     request = ctx.request
     may_resend = (
-        request.method not in NON_IDEMPOTENT
+        request.method not in NON_IDEMPOTENT_METHODS
         or policy.retry_non_idempotent
         or request.header("idempotency-key") is not None
     )

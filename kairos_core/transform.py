@@ -66,11 +66,11 @@ from kairos_core.config.models import (
     RequestTransformation,
     ResponseTransformation,
 )
+from kairos_core.http import HEADER_NAME
 
 Headers = list[tuple[str, str]]
 """Ordered header pairs; names may repeat and compare case-insensitively."""
 
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _FORBIDDEN_VALUE_CHARS = ("\r", "\n", "\0")
 _RUST_CAP_NAME = re.compile(r"[A-Za-z0-9_]+")
 _RUST_CAP_NUMBER = re.compile(r"\+?[0-9]+")
@@ -163,7 +163,7 @@ class _HeaderOp:
 
     @classmethod
     def compile(cls, config: HeaderTransformation) -> _HeaderOp:
-        if not _HEADER_NAME.fullmatch(config.name):
+        if not HEADER_NAME.fullmatch(config.name):
             raise ValueError(f"invalid header name {config.name!r}")
         folded = config.name.lower()
         if config.action in ("add", "set"):

@@ -28,6 +28,7 @@ from kairos_core.config.models import (
     RetryConfig,
     Router,
 )
+from kairos_core.http import HEADER_NAME
 from kairos_core.routing import PathPattern, PatternError, RouteSpec, find_conflicts
 
 MIN_JWT_SECRET_CHARS = 32
@@ -289,7 +290,7 @@ def _check_header_transforms(
 ) -> Iterator[ConfigIssue]:
     for h, header in enumerate(headers):
         where = f"{at}[{h}]"
-        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", header.name):
+        if not HEADER_NAME.fullmatch(header.name):
             yield ConfigIssue(f"{where}.name", f"invalid header name {header.name!r}")
         for key in ("value", "replacement"):
             text = getattr(header, key)
