@@ -22,6 +22,10 @@ ErrorType = Literal[
     "no_healthy_backend",
     "upstream",
     "timeout",
+    "client_timeout",
+    "uri_too_long",
+    "header_too_large",
+    "expectation_failed",
     "internal",
 ]
 
@@ -36,6 +40,10 @@ STATUS: dict[str, int] = {
     "no_healthy_backend": 503,
     "upstream": 502,
     "timeout": 504,
+    "client_timeout": 408,
+    "uri_too_long": 414,
+    "header_too_large": 431,
+    "expectation_failed": 417,
     "internal": 500,
 }
 
@@ -63,6 +71,13 @@ class GatewayError(Exception):
 
     def body(self, request_id: str) -> bytes:
         return error_body(self.error_type, self.message, request_id)
+
+
+class ClientBodyError(GatewayError):
+    """The client, not the backend, broke the request while its body was being read: a body
+    over the cap (413), a gap between body reads over ``client_body_timeout_ms`` (408
+    ``client_timeout``), or malformed chunked framing (400). Raised from a request body stream;
+    an attempt that ends with it is never reported to a breaker."""
 
 
 def error_body(error_type: str, message: str, request_id: str) -> bytes:

@@ -304,6 +304,14 @@ class ServerConfig(_Model):
     graceful_shutdown_s: float = Field(default=15.0, ge=0)
     trusted_proxies: tuple[str, ...] = ()
     security_headers: bool = True
+    client_header_timeout_ms: int = Field(default=10_000, ge=1)
+    client_body_timeout_ms: int = Field(default=30_000, ge=1)
+    keepalive_timeout_ms: int = Field(default=75_000, ge=0)
+    max_request_headers: int = Field(default=100, ge=1)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_url_bytes: int = Field(default=8 * 1024, ge=256)
+    max_upstream_header_bytes: int = Field(default=60 * 1024, ge=1024)
+    underscores_in_headers: bool = False
 
 
 class AdminConfig(_Model):
