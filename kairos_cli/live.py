@@ -1,9 +1,9 @@
 """``route-test --live``: breaker and health state of each backend, from a running gateway.
 
 Reads the breakers through the SDK (``KairosClient.circuits()``, ``GET /api/circuits``, DESIGN.md
-§7) and returns a map backend key → state for :func:`kairos_core.dryrun.plan_request`: the
-breaker's ``closed`` / ``open`` / ``half_open``, except that a backend reported unhealthy whose
-breaker is closed counts as ``unhealthy``.
+§7) and maps each one, field for field, to a :class:`~kairos_core.selection.BackendSnapshot`
+for :func:`kairos_core.dryrun.plan_request`. Every fact (healthy, admitting, seconds to
+half-open, in flight) is the gateway's own; nothing is re-derived here.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from kairos_client import (
     KairosConnectionError,
     KairosError,
 )
+from kairos_core.selection import BackendSnapshot, SnapshotStates
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:5901"
 TIMEOUT_S = 5.0
@@ -30,8 +31,8 @@ class LiveStateError(Exception):
         self.exit_code = exit_code
 
 
-def fetch_backend_states(base_url: str, token: str | None) -> dict[str, str]:
-    """Backend key → ``closed`` / ``open`` / ``half_open`` / ``unhealthy`` from the admin API."""
+def fetch_backend_states(base_url: str, token: str | None) -> SnapshotStates:
+    """The running gateway's view of every backend, from the admin API."""
     try:
         with KairosClient(base_url, token, timeout=TIMEOUT_S) as client:
             circuits = client.circuits()
@@ -47,8 +48,14 @@ def fetch_backend_states(base_url: str, token: str | None) -> dict[str, str]:
         raise LiveStateError(f"{base_url}/api/circuits: {exc}", EXIT_UNREACHABLE) from exc
     except ValueError as exc:
         raise LiveStateError(str(exc), EXIT_UNREACHABLE) from exc
-    return {circuit.backend: _state(circuit) for circuit in circuits}
+    return SnapshotStates({circuit.backend: snapshot(circuit) for circuit in circuits})
 
 
-def _state(circuit: CircuitInfo) -> str:
-    return "unhealthy" if not circuit.healthy and circuit.state == "closed" else circuit.state
+def snapshot(circuit: CircuitInfo) -> BackendSnapshot:
+    return BackendSnapshot(
+        healthy=circuit.healthy,
+        circuit=circuit.state,
+        admits=circuit.admitting,
+        seconds_until_half_open=circuit.half_open_in_s,
+        in_flight=circuit.in_flight,
+    )

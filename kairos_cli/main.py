@@ -243,7 +243,7 @@ def route_test(
         token=token,
         body=data.encode() if data is not None else None,
         host=host,
-        backend_states=backend_states,
+        states=backend_states,
     )
     if as_json:
         _echo_json(plan.to_dict())

@@ -51,7 +51,12 @@ class Percentiles(_Wire):
 
 
 class CircuitInfo(_Wire):
-    """One backend's breaker (``GET /api/circuits``)."""
+    """One backend's breaker (``GET /api/circuits``).
+
+    ``admitting``: whether the breaker lets a request through now (closed; open past its reset
+    timeout; half-open with a free trial slot); ``half_open_in_s``: seconds until an open
+    breaker admits a trial. A backend is a candidate when it is ``healthy`` and ``admitting``.
+    """
 
     backend: str
     state: CircuitStateName
@@ -60,6 +65,8 @@ class CircuitInfo(_Wire):
     next_half_open_at: float | None = None
     healthy: bool = True
     in_flight: int = 0
+    admitting: bool = True
+    half_open_in_s: float = 0.0
 
 
 class RouteMetrics(_Wire):

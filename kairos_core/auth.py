@@ -205,3 +205,30 @@ def _identity(claims: dict[str, Any]) -> Identity:
         raise AuthError("invalid claim 'sub'")
     subject = None if sub is None else str(sub)
     return Identity(subject=subject, claims=MappingProxyType(claims))
+
+
+def identify(
+    verifier: JwtVerifier | None,
+    authorization: str | None,
+    *,
+    required: bool,
+    wanted: bool,
+) -> Identity | None:
+    """Who a request speaks for (the pipeline's authenticate step, and the dry run's).
+
+    - ``required`` (``auth_required``): a valid bearer token, else :class:`AuthError` (401);
+      without a ``jwt`` block that is "authentication is not configured" (fail closed).
+    - ``wanted`` (a public route whose rate limit keys on the user): the identity of a valid
+      token when one is sent; a missing or invalid token is anonymous, never a 401.
+    - neither: no identity; the header is not read.
+    """
+    if required:
+        if verifier is None:
+            raise AuthError("authentication is not configured")
+        return verifier.verify_header(authorization)
+    if not wanted or verifier is None or authorization is None:
+        return None
+    try:
+        return verifier.verify_header(authorization)
+    except AuthError:
+        return None

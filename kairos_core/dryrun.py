@@ -1,78 +1,33 @@
 """Dry run: what the gateway would do with one request, without sending any traffic.
 
 :func:`plan_request` walks the steps of the request pipeline (DESIGN.md §2) over a compiled
-:class:`~kairos_core.state.RuntimeState` and records each decision. It reads the state and never
-changes it: the backend pick uses a fresh balancer (``make_balancer``), so a dry run does not
-advance any route's rotation. ``kairos route-test`` prints the result; its ``--json`` output is
-:meth:`DryRun.to_dict`.
+:class:`~kairos_core.state.RuntimeState`, calling the functions the pipeline calls, and records
+each decision. It holds no rule of its own; it only reads state and never changes it: the
+backend pick uses a fresh balancer, so a dry run does not advance any route's rotation.
+``kairos route-test`` prints the result; its ``--json`` output is :meth:`DryRun.to_dict`.
 
-Order of checks, as in the pipeline; the first that rejects decides the outcome:
+The steps and whose rule decides each (the first that rejects decides the outcome):
 
-1. headers: a name that is not an RFC 9110 token, or a value with CR, LF or NUL → ``bad_request``;
-2. body (``body=``, else a declared ``Content-Length``) over ``server.max_body_bytes`` →
-   ``payload_too_large``;
-3. route (method, path, host; the host comes from ``host=`` or else the ``Host`` header):
-   ``route_not_found``, ``method_not_allowed`` (with ``allowed_methods``) or ``bad_request``
-   for a malformed or traversal path;
-4. CORS: an ``OPTIONS`` carrying ``Origin`` and ``Access-Control-Request-Method`` on a config with
-   ``cors`` is a ``preflight`` the gateway answers itself (204), looked up with the requested
-   method;
-5. auth, only when the route has ``auth_required``: ``token=`` wins over an ``Authorization``
-   header; no token, or a token the verifier refuses → ``authentication_error``;
-6. backend: every primary backend whose state (``backend_states``, keyed by backend key
-   ``scheme://host:port``; ``closed`` when absent) is not ``open``, ``forced_open`` or
-   ``unhealthy`` is eligible. None eligible → the route's ``fallback`` backends the same way;
-   still none → ``circuit_open`` when every primary backend is open, else
-   ``no_healthy_backend``.
+1. head: :func:`kairos_core.http.request_head_problem` (``bad_request``) on the headers as an
+   HTTP/1.1 client sends them (a ``Host`` is added from ``host=`` when absent), then a declared
+   ``Content-Length`` or the ``body=`` over ``server.max_body_bytes`` (``payload_too_large``);
+2. route: the route table (``route_not_found``, ``method_not_allowed``, ``bad_request``); a CORS
+   preflight is answered by the gateway (``preflight``, 204);
+3. auth: :func:`kairos_core.auth.identify` (``authentication_error``); ``token=`` stands for
+   ``Authorization: Bearer <token>``;
+4. rate limit: the policy and the keys the request would be charged to
+   (:func:`kairos_core.ratelimit.limit_keys`); no counter is read, so a dry run is never 429;
+5. backend: :func:`kairos_core.selection.find_candidates` and :func:`~kairos_core.selection.pick`
+   over ``states`` (default: every backend healthy and closed; ``kairos route-test --live`` and
+   the admin API pass the gateway's live state), with the AI selector's offline pick first on AI
+   routes (``circuit_open``, ``no_healthy_backend``);
+6. retry: whether a retryable answer would be retried, by :func:`kairos_core.retry.replayable`
+   and :func:`~kairos_core.retry.may_resend`.
 
-Otherwise the outcome is ``routable``. Rate limits cannot reject a dry run (no counters are
-read); the policy and the keys the request would be charged to are reported instead. The keys use
-``client_ip`` (the address as the gateway resolves it: the peer, or the ``X-Forwarded-For`` hop
-behind a trusted proxy; it also keys ``ip_hash``) and, for ``PerUser`` strategies, the ``sub`` of
-a token verified on an ``auth_required`` route, never an unverified one. Once a route
-matched, every section is filled even when the request is rejected, so the report shows the
-route's policies.
-
-``to_dict()`` (the ``kairos route-test --json`` document) has these keys, always present:
-
-- ``method``, ``path`` (without the query), ``query`` (raw, without ``?``), ``host`` (or null),
-  ``client_ip``;
-- ``outcome``: ``routable``, ``preflight``, or an error type of DESIGN.md §4
-  (``route_not_found``, ``method_not_allowed``, ``bad_request``, ``authentication_error``,
-  ``payload_too_large``, ``circuit_open``, ``no_healthy_backend``);
-- ``status``: the status the gateway answers itself (404, 405, 400, 401, 413, 503, or 204 for a
-  preflight), or null when the request is forwarded and the upstream answers;
-- ``message``: one line for humans;
-- ``route_id``, ``external_path``, ``internal_path``, ``protocol``, ``methods`` (the route's),
-  ``params`` (decoded, by name), ``upstream_path`` (internal path with params substituted,
-  before the request transformation): null / empty when no route matched;
-- ``upstream_url``: picked backend key + path + ``?`` + query, after the request
-  transformation (what would be sent; the client's query is kept), or null when nothing was
-  picked;
-- ``allowed_methods``: for ``method_not_allowed`` the methods of the ``Allow`` header, else [];
-- ``load_balancing_strategy``; ``candidates`` and ``fallback``: lists of ``{"index", "key",
-  "weight", "state", "eligible", "description", "tags"}``;
-- ``pick``: ``{"pool": "backends" | "fallback", "index", "key", "note"}`` or null;
-- ``auth``: ``{"required", "outcome", "subject"}``; ``outcome`` is ``"not required"``,
-  ``"ok (sub=...)"``, ``"no token"`` or the verifier's reason;
-- ``rate_limit``: null or ``{"description", "scope", "keys": [{"strategy", "key"}], "capacity",
-  "window_type", "window_duration_s", "refill_per_second"}`` (refill only for TokenBucket);
-- ``retry``: null (one attempt) or ``{"attempts", "schedule": [{"attempt", "wait_ms",
-  "jitter"}], "retry_on_status_codes", "retry_on_connection_error", "budget_percent",
-  "min_retries_per_second", "max_replay_bytes", "retry_non_idempotent", "applies", "note"}``;
-  ``wait_ms`` is the upper bound (full jitter draws below it); ``applies`` says whether a
-  retryable response to this request would be retried;
-- ``circuit_breaker``: null or ``{"failure_threshold", "success_threshold", "reset_timeout_s",
-  "half_open_max_calls", "failure_status_codes"}``;
-- ``timeouts``: null or ``{"timeout_ms", "deadline_ms", "connect_timeout_ms"}``;
-- ``request_transform``: null or ``{"before": parts, "after": parts}`` where parts is
-  ``{"path", "query", "headers": [[name, value], ...]}``; the headers are the client's without
-  hop-by-hop ones and without those the gateway sets itself (``Host``, ``X-Forwarded-*``,
-  ``X-Request-ID``), as the transformation sees them;
-- ``response_transform``: null or ``{"status_code_mappings": [{"from", "to", "condition"}],
-  "headers": [{"action", "name", "value", "pattern", "replacement"}]}``;
-- ``ai_policy``: null or ``{"enabled", "strategy", "model", "provider", "mode", "timeout_ms",
-  "cache_ttl_s", "max_concurrent_calls", "fallback_backend_index", "note"}``.
+Once a route matched, every section is filled even when the request is rejected, so the report
+shows the route's policies. ``to_dict()`` (the ``route-test --json`` document) holds every field
+of :class:`DryRun`, nested dataclasses as objects, tuples as lists, a trailing ``_`` dropped from
+field names (``from_`` is ``from``).
 """
 
 from __future__ import annotations
@@ -81,26 +36,34 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
-from kairos_core.auth import AuthError, Identity
+from kairos_core.ai.request import summarize
+from kairos_core.ai.selector import AiRoute
+from kairos_core.auth import AuthError, Identity, identify
 from kairos_core.balancing import BackendRef, make_balancer
 from kairos_core.config.models import Backend, RetryConfig
-from kairos_core.errors import STATUS
+from kairos_core.errors import STATUS, GatewayError
 from kairos_core.http import (
-    FORWARDED_HEADERS,
-    HEADER_NAME,
     NON_IDEMPOTENT_METHODS,
+    forwardable_headers,
     header,
-    strip_hop_by_hop,
-    without,
+    request_head_problem,
 )
 from kairos_core.ratelimit import LimitKey, capacity, describe, limit_keys, refill_per_second
-from kairos_core.retry import RetryStep, retry_schedule
+from kairos_core.retry import RetryStep, may_resend, replayable, retry_schedule
 from kairos_core.routing import BadPath, MethodNotAllowed, NotFound, RouteMatch
+from kairos_core.selection import (
+    AiChoice,
+    BackendStates,
+    Candidates,
+    SnapshotStates,
+    find_candidates,
+    is_candidate,
+    pick,
+)
 from kairos_core.state import CompiledRoute, RuntimeState
 from kairos_core.transform import RequestParts
 
 __all__ = [
-    "INELIGIBLE_STATES",
     "AiPlan",
     "AuthPlan",
     "BreakerPlan",
@@ -117,9 +80,6 @@ __all__ = [
     "plan_request",
 ]
 
-INELIGIBLE_STATES = frozenset({"open", "forced_open", "unhealthy"})
-"""Backend states (normalised: lower case, ``-`` and spaces as ``_``) that take it out of a pick."""
-
 _PICK_NOTES = {
     "round_robin": "first pick of a fresh rotation; the running gateway rotates",
     "weighted": "first pick of a fresh smooth weighted rotation; the running gateway rotates",
@@ -131,7 +91,7 @@ _PICK_NOTES = {
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """One backend of the route as the selector would see it."""
+    """One backend of the route as selection sees it (``state``: ``unhealthy`` or the breaker's)."""
 
     index: int
     key: str
@@ -144,7 +104,7 @@ class Candidate:
 
 @dataclass(frozen=True, slots=True)
 class Pick:
-    """The backend the balancer would choose: its pool, index in that pool and key."""
+    """The backend the gateway would choose: its pool, index in that pool and key."""
 
     pool: str
     index: int
@@ -192,13 +152,16 @@ class RetryPlan:
 
 @dataclass(frozen=True, slots=True)
 class BreakerPlan:
-    """The breaker thresholds guarding each backend of the route."""
+    """The breaker policy in force for the route's backends (see ``note`` when it is another
+    route's: one breaker per backend, with the policy of the first route naming it)."""
 
     failure_threshold: int
     success_threshold: int
     reset_timeout_s: float
     half_open_max_calls: int
     failure_status_codes: tuple[int, ...]
+    from_route: str
+    note: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +211,12 @@ class ResponseTransformPlan:
 
 @dataclass(frozen=True, slots=True)
 class AiPlan:
-    """The route's ``ai_policy``, with the provider and model it resolves to."""
+    """The route's selector: strategy, mode, the LLM it resolves to, and its offline pick.
+
+    ``provider`` is ``heuristic`` when no LLM serves (``note`` says why). ``source`` and
+    ``reason`` are the offline decision (the heuristic, or the local strategy); ``prompt_*`` is
+    the exact prompt an LLM would get (``content_analysis`` only, when asked for).
+    """
 
     enabled: bool
     strategy: str
@@ -260,6 +228,11 @@ class AiPlan:
     max_concurrent_calls: int
     fallback_backend_index: int | None
     note: str
+    source: str | None = None
+    reason: str | None = None
+    pick_index: int | None = None
+    prompt_system: str | None = None
+    prompt_user: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,9 +275,27 @@ class DryRun:
         return self.outcome in ("routable", "preflight")
 
     def to_dict(self) -> dict[str, Any]:
-        """The stable JSON document of ``kairos route-test --json`` (keys in the docstring)."""
+        """The JSON document of ``kairos route-test --json``."""
         document: dict[str, Any] = _plain(self)
         return document
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    method: str
+    path: str
+    query: str
+    headers: Sequence[tuple[str, str]]
+    host: str | None
+    client_ip: str
+    token: str | None
+    body: bytes | None
+
+    @property
+    def authorization(self) -> str | None:
+        if self.token is not None:
+            return f"Bearer {self.token}"
+        return header(self.headers, "authorization")
 
 
 def plan_request(
@@ -317,11 +308,17 @@ def plan_request(
     token: str | None = None,
     body: bytes | None = None,
     host: str | None = None,
-    backend_states: Mapping[str, str] | None = None,
+    states: BackendStates | None = None,
+    prompt: bool = False,
 ) -> DryRun:
-    """Plan ``method path_with_query`` against ``state`` without sending anything."""
+    """Plan ``method path_with_query`` against ``state`` without sending anything.
+
+    ``states`` is the backend state to plan with (default: all healthy and closed); ``prompt``
+    adds the exact LLM prompt of an AI route to the report.
+    """
     path, _, query = path_with_query.partition("?")
     request_host = host if host is not None else header(headers, "host")
+    request = _Request(method, path, query, headers, request_host, client_ip, token, body)
     base = DryRun(
         method=method,
         path=path,
@@ -332,35 +329,37 @@ def plan_request(
         status=None,
         message="",
     )
-
-    bad_header = _bad_header(headers)
-    if bad_header is not None:
-        return _reject(base, "bad_request", bad_header)
+    sent = list(headers)
+    if header(headers, "host") is None:
+        sent.insert(0, ("Host", request_host or "localhost"))
+    problem = request_head_problem(sent, "1.1")
+    if problem is not None:
+        return _reject(base, "bad_request", problem)
     max_body = state.config.server.max_body_bytes
-    body_bytes = _declared_body_bytes(body, headers)
-    if body_bytes is not None and body_bytes > max_body:
+    declared = _declared_bytes(request)
+    if declared is not None and declared > max_body:
         return _reject(
-            base, "payload_too_large", f"body of {body_bytes} bytes exceeds {max_body} bytes"
+            base, "payload_too_large", f"request body of {declared} bytes exceeds {max_body} bytes"
         )
 
     lookup_method = method
-    preflight = _is_preflight(state, method, headers)
+    preflight = _is_preflight(state, request)
     if preflight:
         lookup_method = header(headers, "access-control-request-method") or method
     result = state.table.lookup(lookup_method, path, request_host)
     if isinstance(result, NotFound):
-        return _reject(base, "route_not_found", f"no route matches {path}")
+        return _reject(base, "route_not_found", f"no route for {path}")
     if isinstance(result, BadPath):
-        return _reject(base, "bad_request", f"bad path: {result.reason}")
+        return _reject(base, "bad_request", f"malformed request path: {result.reason}")
     if isinstance(result, MethodNotAllowed):
         rejected = _reject(
             base,
             "method_not_allowed",
-            f"{lookup_method} is not allowed on {path}; allowed: {', '.join(result.allowed)}",
+            f"method {lookup_method} not allowed; allowed: {', '.join(result.allowed)}",
         )
         return replace(rejected, allowed_methods=result.allowed)
 
-    plan = _plan_route(state, base, result, headers, token, body, backend_states or {})
+    plan = _plan_route(state, base, result, request, states or SnapshotStates(), prompt)
     if preflight:
         return replace(
             plan,
@@ -375,26 +374,24 @@ def _plan_route(
     state: RuntimeState,
     base: DryRun,
     match: RouteMatch[CompiledRoute],
-    headers: Sequence[tuple[str, str]],
-    token: str | None,
-    body: bytes | None,
-    backend_states: Mapping[str, str],
+    request: _Request,
+    states: BackendStates,
+    prompt: bool,
 ) -> DryRun:
     route = match.spec.payload
     strategy = route.router.load_balancing_strategy
-    candidates = _candidates(route.backends, backend_states)
-    fallback = _candidates(route.fallback, backend_states)
-    pick = _pick(state, strategy, "backends", route.backends, candidates, base.client_ip)
-    if pick is None:
-        pick = _pick(state, strategy, "fallback", route.fallback, fallback, base.client_ip)
-
-    auth, identity = _authenticate(state, route, headers, token)
-    forwarded = without(strip_hop_by_hop(headers), *FORWARDED_HEADERS)
+    auth, identity, auth_error = _authenticate(state, route, request)
+    forwarded = forwardable_headers(
+        request.headers, keep_underscores=state.config.server.underscores_in_headers
+    )
     before = RequestParts(match.upstream_path, base.query, tuple(forwarded))
     after = route.request_transform.apply(before) if route.request_transform else before
+    found = find_candidates(route.backends, route.fallback, states)
+    ai_plan, choice = _ai(state, route, request, found, states, prompt)
+    chosen = None if isinstance(found, GatewayError) else _pick(route, found, request, choice)
     upstream_url = None
-    if pick is not None:
-        upstream_url = pick.key + after.path + (f"?{after.query}" if after.query else "")
+    if chosen is not None:
+        upstream_url = chosen.key + after.path + (f"?{after.query}" if after.query else "")
 
     plan = replace(
         base,
@@ -407,19 +404,13 @@ def _plan_route(
         upstream_path=match.upstream_path,
         upstream_url=upstream_url,
         load_balancing_strategy=strategy,
-        candidates=candidates,
-        fallback=fallback,
-        pick=pick,
+        candidates=_candidates(route.backends, states),
+        fallback=_candidates(route.fallback, states),
+        pick=chosen,
         auth=auth,
         rate_limit=_rate_limit(route, base.client_ip, identity),
-        retry=_retry(route.retry, base.method, headers, body),
-        circuit_breaker=BreakerPlan(
-            failure_threshold=route.breaker.failure_threshold,
-            success_threshold=route.breaker.success_threshold,
-            reset_timeout_s=route.breaker.reset_timeout_s,
-            half_open_max_calls=route.breaker.half_open_max_calls,
-            failure_status_codes=route.breaker.failure_status_codes,
-        ),
+        retry=_retry(route.retry, request),
+        circuit_breaker=_breaker(state, route),
         timeouts=TimeoutPlan(
             timeout_ms=route.timeout_ms,
             deadline_ms=route.deadline_ms,
@@ -429,18 +420,12 @@ def _plan_route(
             RequestTransformPlan(before, after) if route.request_transform else None
         ),
         response_transform=_response_transform(route),
-        ai_policy=_ai(state, route),
+        ai_policy=ai_plan,
     )
-
-    if auth.required and identity is None:
-        reason = auth.outcome
-        if reason == "no token":
-            reason = "no token (send Authorization: Bearer <JWT>)"
-        return _reject(plan, "authentication_error", f"authentication required: {reason}")
-    if pick is None:
-        if candidates and all(_normalise(c.state) in ("open", "forced_open") for c in candidates):
-            return _reject(plan, "circuit_open", "every backend's circuit breaker is open")
-        return _reject(plan, "no_healthy_backend", "no backend of the route is eligible")
+    if auth_error is not None:
+        return _reject(plan, "authentication_error", auth_error)
+    if isinstance(found, GatewayError):
+        return _reject(plan, found.error_type, found.message)
     return replace(
         plan,
         message=f"{base.method} {base.path} → route {route.route_id!r} → {upstream_url}",
@@ -451,95 +436,71 @@ def _reject(plan: DryRun, outcome: str, message: str) -> DryRun:
     return replace(plan, outcome=outcome, status=STATUS[outcome], message=message)
 
 
-def _bad_header(headers: Sequence[tuple[str, str]]) -> str | None:
-    for name, value in headers:
-        if not HEADER_NAME.fullmatch(name):
-            return f"invalid header name {name!r}"
-        if any(char in value for char in "\r\n\0"):
-            return f"header {name!r} value contains CR, LF or NUL"
-    return None
+def _declared_bytes(request: _Request) -> int | None:
+    if request.body is not None:
+        return len(request.body)
+    length = header(request.headers, "content-length")
+    return int(length) if length is not None else None
 
 
-def _declared_body_bytes(body: bytes | None, headers: Sequence[tuple[str, str]]) -> int | None:
-    if body is not None:
-        return len(body)
-    length = header(headers, "content-length")
-    return int(length) if length is not None and length.isdigit() else None
-
-
-def _is_preflight(state: RuntimeState, method: str, headers: Sequence[tuple[str, str]]) -> bool:
+def _is_preflight(state: RuntimeState, request: _Request) -> bool:
     return (
         state.cors is not None
-        and method == "OPTIONS"
-        and header(headers, "origin") is not None
-        and header(headers, "access-control-request-method") is not None
+        and request.method == "OPTIONS"
+        and header(request.headers, "origin") is not None
+        and header(request.headers, "access-control-request-method") is not None
     )
 
 
-def _normalise(backend_state: str) -> str:
-    return backend_state.strip().lower().replace("-", "_").replace(" ", "_")
-
-
-def _candidates(
-    backends: Sequence[Backend], backend_states: Mapping[str, str]
-) -> tuple[Candidate, ...]:
-    out: list[Candidate] = []
-    for index, backend in enumerate(backends):
-        backend_state = backend_states.get(backend.key, "closed")
-        out.append(
-            Candidate(
-                index=index,
-                key=backend.key,
-                weight=backend.weight,
-                state=backend_state,
-                eligible=_normalise(backend_state) not in INELIGIBLE_STATES,
-                description=backend.description,
-                tags=backend.tags,
-            )
+def _candidates(backends: Sequence[Backend], states: BackendStates) -> tuple[Candidate, ...]:
+    return tuple(
+        Candidate(
+            index=index,
+            key=backend.key,
+            weight=backend.weight,
+            state="unhealthy" if not states.healthy(backend.key) else states.circuit(backend.key),
+            eligible=is_candidate(states, backend.key),
+            description=backend.description,
+            tags=backend.tags,
         )
-    return tuple(out)
+        for index, backend in enumerate(backends)
+    )
 
 
 def _pick(
-    state: RuntimeState,
-    strategy: str,
-    pool: str,
-    backends: Sequence[Backend],
-    candidates: Sequence[Candidate],
-    client_ip: str,
-) -> Pick | None:
-    eligible = [c.index for c in candidates if c.eligible]
-    if not eligible:
-        return None
-    refs = [BackendRef(key=b.key, weight=max(b.weight, 1)) for b in backends]
+    route: CompiledRoute, found: Candidates, request: _Request, choice: AiChoice | None
+) -> Pick:
+    strategy = route.router.load_balancing_strategy if found.pool == "backends" else "round_robin"
+    refs = [BackendRef(key=b.key, weight=max(b.weight, 1)) for b in found.backends]
     # A fresh balancer: the dry run must not advance the route's shared rotation.
-    balancer = make_balancer(strategy, refs, in_flight=state.in_flight, seed=0)
-    index = balancer.pick(eligible, client_key=client_ip)
-    return Pick(pool=pool, index=index, key=backends[index].key, note=_PICK_NOTES[strategy])
+    balancer = make_balancer(strategy, refs, seed=0)
+    index = pick(found, balancer, client_key=request.client_ip, choice=choice)
+    note = _PICK_NOTES[strategy]
+    if choice is not None and (choice.index == index or choice.among is not None):
+        note = "the AI selector's offline pick (see ai_policy)"
+    return Pick(pool=found.pool, index=index, key=found.backends[index].key, note=note)
 
 
 def _authenticate(
-    state: RuntimeState,
-    route: CompiledRoute,
-    headers: Sequence[tuple[str, str]],
-    token: str | None,
-) -> tuple[AuthPlan, Identity | None]:
-    if not route.auth_required:
-        return AuthPlan(required=False, outcome="not required"), None
-    if state.jwt is None:  # the config checker refuses this; kept so a bad state cannot pass
-        return AuthPlan(required=True, outcome="no 'jwt' block configured"), None
-    authorization = header(headers, "authorization")
+    state: RuntimeState, route: CompiledRoute, request: _Request
+) -> tuple[AuthPlan, Identity | None, str | None]:
+    """The plan, the identity, and the 401 message when the gateway would refuse."""
+    required = route.auth_required
+    authorization = request.authorization
     try:
-        if token is not None:
-            identity = state.jwt.verify(token)
-        elif authorization is not None:
-            identity = state.jwt.verify_header(authorization)
-        else:
-            return AuthPlan(required=True, outcome="no token"), None
+        identity = identify(state.jwt, authorization, required=required, wanted=route.keys_on_user)
     except AuthError as exc:
-        return AuthPlan(required=True, outcome=exc.reason), None
+        reason = exc.reason
+        if authorization is None:
+            reason = f"{reason} (send Authorization: Bearer <JWT>)"
+        return AuthPlan(True, exc.reason), None, f"authentication required: {reason}"
+    if identity is None:  # identify() returns an identity or raises when the route requires one
+        outcome = "not required"
+        if authorization is not None and route.keys_on_user:
+            outcome = "optional token not valid: counted by IP"
+        return AuthPlan(False, outcome), None, None
     who = f"sub={identity.subject}" if identity.subject is not None else "no sub claim"
-    return AuthPlan(True, f"ok ({who})", identity.subject), identity
+    return AuthPlan(required, f"ok ({who})", identity.subject), identity, None
 
 
 def _rate_limit(
@@ -568,31 +529,31 @@ def _rate_limit(
     )
 
 
-def _retry(
-    policy: RetryConfig | None,
-    method: str,
-    headers: Sequence[tuple[str, str]],
-    body: bytes | None,
-) -> RetryPlan | None:
+def _retry(policy: RetryConfig | None, request: _Request) -> RetryPlan | None:
     if policy is None:
         return None
-    applies = policy.max_retries > 0
-    if not applies:
+    chunked = "chunked" in (header(request.headers, "transfer-encoding") or "").lower()
+    length = _declared_bytes(request)
+    method = request.method
+    idempotency_key = header(request.headers, "idempotency-key") is not None
+    applies = False
+    if policy.max_retries == 0:
         note = "max_retries is 0: one attempt"
-    elif body is not None and len(body) > policy.max_replay_bytes:
-        applies = False
+    elif not replayable(chunked=chunked, length=length, policy=policy):
+        what = "a chunked body" if chunked else f"a body of {length} bytes"
         note = (
-            f"body of {len(body)} bytes exceeds max_replay_bytes ({policy.max_replay_bytes}): "
+            f"{what} cannot be replayed (max_replay_bytes {policy.max_replay_bytes}): "
             "sent once, not retried"
         )
-    elif method not in NON_IDEMPOTENT_METHODS:
-        note = f"{method} is idempotent: retried on the listed outcomes"
-    elif header(headers, "idempotency-key") is not None:
-        note = f"{method} carries Idempotency-Key: retried on the listed outcomes"
-    elif policy.retry_non_idempotent:
-        note = f"{method} is retried because the route sets retry_non_idempotent"
+    elif may_resend(method, idempotency_key=idempotency_key, policy=policy):
+        applies = True
+        if method not in NON_IDEMPOTENT_METHODS:
+            note = f"{method} is idempotent: retried on the listed outcomes"
+        elif idempotency_key:
+            note = f"{method} carries Idempotency-Key: retried on the listed outcomes"
+        else:
+            note = f"{method} is retried because the route sets retry_non_idempotent"
     else:
-        applies = False
         note = (
             f"{method} is not idempotent: retried only on connection errors before the request "
             "was sent (send Idempotency-Key, or set retry_non_idempotent)"
@@ -611,6 +572,30 @@ def _retry(
     )
 
 
+def _breaker(state: RuntimeState, route: CompiledRoute) -> BreakerPlan:
+    """The policy in force: the first route naming the route's first backend decides it."""
+    first = (*route.backends, *route.fallback)[0].key
+    owner = state.breaker_owners.get(first, route.route_id)
+    policy = state.routes[owner].breaker if owner in state.routes else route.breaker
+    note = "this route's policy"
+    if owner != route.route_id:
+        note = (
+            f"backend {first} is guarded by the policy of route {owner!r} (the first route "
+            "naming it); this route's circuit_breaker does not apply to it"
+        )
+        if route.router.circuit_breaker is None:
+            note = f"backend {first} is guarded by the policy of route {owner!r}"
+    return BreakerPlan(
+        failure_threshold=policy.failure_threshold,
+        success_threshold=policy.success_threshold,
+        reset_timeout_s=policy.reset_timeout_s,
+        half_open_max_calls=policy.half_open_max_calls,
+        failure_status_codes=policy.failure_status_codes,
+        from_route=owner,
+        note=note,
+    )
+
+
 def _response_transform(route: CompiledRoute) -> ResponseTransformPlan | None:
     config = route.router.response_transformation
     if config is None or route.response_transform is None:
@@ -625,35 +610,71 @@ def _response_transform(route: CompiledRoute) -> ResponseTransformPlan | None:
     )
 
 
-def _ai(state: RuntimeState, route: CompiledRoute) -> AiPlan | None:
+def _ai(
+    state: RuntimeState,
+    route: CompiledRoute,
+    request: _Request,
+    found: Candidates | GatewayError,
+    states: BackendStates,
+    prompt: bool,
+) -> tuple[AiPlan | None, AiChoice | None]:
+    """The AI plan, and the offline choice the pick starts from (None: the balancer picks)."""
     policy = route.router.ai_policy
     if policy is None:
-        return None
-    ai = state.config.ai
-    provider = policy.provider or (ai.provider if ai is not None else "heuristic")
-    model = None
-    if policy.strategy.kind == "content_analysis" and provider != "heuristic":
-        model = policy.strategy.model or (ai.model if ai is not None else None)
-    if not policy.enabled:
-        note = "disabled: the balancing strategy picks"
-    elif policy.mode == "shadow":
-        note = "shadow: the selector decides and records, the balancing strategy routes"
-    elif policy.mode == "background":
-        note = "background: routed by the fallback, cached decisions serve later requests"
-    else:
-        note = "the selector decides at request time among eligible candidates (not previewed)"
-    return AiPlan(
+        return None, None
+    ai: AiRoute | None = route.ai
+    plan = AiPlan(
         enabled=policy.enabled,
         strategy=policy.strategy.kind,
-        model=model,
-        provider=provider,
+        model=ai.resolved.model if ai is not None else None,
+        provider=ai.resolved.provider if ai is not None else "heuristic",
         mode=policy.mode,
         timeout_ms=policy.timeout_ms,
         cache_ttl_s=policy.cache_ttl_s,
         max_concurrent_calls=policy.max_concurrent_calls,
         fallback_backend_index=policy.fallback_backend_index,
-        note=note,
+        note=_ai_note(ai),
     )
+    if ai is None or isinstance(found, GatewayError) or found.pool != "backends":
+        return plan, None
+    summary = summarize(
+        route.route_id,
+        request.method,
+        request.path,
+        request.query,
+        request.headers,
+        request.body if ai.reads_body else None,
+        declared_bytes=_declared_bytes(request) or 0,
+    )
+    preview = state.shared.ai.preview(ai, summary, found, states)
+    plan = replace(
+        plan,
+        source=preview.source,
+        reason=preview.reason,
+        pick_index=preview.choice.index if preview.choice is not None else None,
+        prompt_system=preview.prompt.system if prompt and preview.prompt else None,
+        prompt_user=preview.prompt.user if prompt and preview.prompt else None,
+    )
+    return plan, None if ai.mode == "shadow" else preview.choice
+
+
+def _ai_note(ai: AiRoute | None) -> str:
+    if ai is None:
+        return "disabled: the balancing strategy picks"
+    if ai.strategy != "content_analysis":
+        note = f"{ai.strategy} decides locally from recent latency and errors"
+    elif ai.uses_llm:
+        note = (
+            f"asks {ai.resolved.note}; the pick shown is the offline heuristic's, "
+            "its first fallback (route-test --ai asks the LLM)"
+        )
+    else:
+        note = f"no LLM: the offline heuristic selects ({ai.resolved.note})"
+    if ai.mode == "shadow":
+        note += "; shadow mode: decisions are recorded, the balancing strategy routes"
+    elif ai.mode == "background":
+        note += "; background mode: cached LLM answers route, else the fallback order"
+    return note
 
 
 def _plain(value: Any) -> Any:

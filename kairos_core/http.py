@@ -1,8 +1,23 @@
 """Framework-neutral request and response types, and the header rules of DESIGN.md §4.
 
-Hop-by-hop headers (``Connection`` and every name it lists, ``Keep-Alive``, ``Proxy-*``, ``TE``,
-``Trailer``, ``Transfer-Encoding``, ``Upgrade``) are dropped in both directions; everything else,
-repeated headers such as ``Set-Cookie`` included, passes through in order.
+Which request heads are refused (:func:`request_head_problem`, 400 ``bad_request``), in order:
+
+- an HTTP/1.1 request without ``Host`` (RFC 9112 §3.2);
+- a header name that is not an RFC 9110 token, or a value with a control character other than
+  horizontal tab (CR, LF and NUL included);
+- a second ``Host``, ``Authorization`` or ``Content-Length``: singletons the gateway reads or
+  vouches for must appear once, so the value it checked is the value the upstream gets;
+- a ``Content-Length`` that is not plain ASCII digits ``0-9`` (no sign, space or other digit);
+- ``Content-Length`` together with ``Transfer-Encoding`` (request smuggling, RFC 9112 §6.1).
+
+What the upstream sees of the client's headers (:func:`forwardable_headers`): hop-by-hop headers
+(``Connection`` and every name it lists, ``Keep-Alive``, ``Proxy-*``, ``TE``, ``Trailer``,
+``Transfer-Encoding``, ``Upgrade``) are dropped, and so are the headers the gateway sets itself
+(``Host``, ``X-Forwarded-*``, ``Forwarded``, ``X-Real-IP``, ``X-Request-ID``) and, unless
+``server.underscores_in_headers`` is set, names containing ``_`` (some frameworks read ``_`` as
+``-``, which would let ``X_Forwarded_For`` pass as ``X-Forwarded-For``; nginx drops them too).
+Everything else, repeated headers such as ``Set-Cookie`` included, passes through in order.
+Responses lose their hop-by-hop headers the same way (:func:`strip_hop_by_hop`).
 """
 
 from __future__ import annotations
@@ -29,20 +44,29 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-FORWARDED_HEADERS = (
-    "host",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-request-id",
+FORWARDED_HEADERS = frozenset(
+    {
+        "host",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        "x-real-ip",
+        "x-request-id",
+    }
 )
 """Client headers the gateway replaces with its own before the request transformation runs."""
+
+SINGLETON_REQUEST_HEADERS = frozenset({"host", "authorization", "content-length"})
+"""Request headers that must appear at most once."""
 
 NON_IDEMPOTENT_METHODS = frozenset({"POST", "PATCH"})
 """Methods retried only when the request never left (DESIGN.md §5)."""
 
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 """A valid header name: an RFC 9110 token."""
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
     ("X-Content-Type-Options", "nosniff"),
@@ -74,6 +98,41 @@ def strip_hop_by_hop(headers: Sequence[tuple[str, str]]) -> Headers:
         if (lower := k.lower()) not in HOP_BY_HOP
         and lower not in named
         and not lower.startswith("proxy-")
+    ]
+
+
+def request_head_problem(headers: Sequence[tuple[str, str]], http_version: str) -> str | None:
+    """Why the request head must be refused with 400 (rules in the module docstring), or None."""
+    seen: set[str] = set()
+    for name, value in headers:
+        if not HEADER_NAME.fullmatch(name):
+            return f"malformed header name {name!r}"
+        if _CONTROL.search(value):
+            return f"control character in header {name!r}"
+        lower = name.lower()
+        if lower in SINGLETON_REQUEST_HEADERS:
+            if lower in seen:
+                return f"header {name!r} appears more than once"
+            seen.add(lower)
+            if lower == "content-length" and not (value.isascii() and value.isdigit()):
+                return f"Content-Length must be ASCII digits, got {value!r}"
+        elif lower == "transfer-encoding":
+            seen.add(lower)
+    if "content-length" in seen and "transfer-encoding" in seen:
+        return "Content-Length together with Transfer-Encoding"
+    if "host" not in seen and http_version == "1.1":
+        return "HTTP/1.1 request without a Host header"
+    return None
+
+
+def forwardable_headers(
+    headers: Sequence[tuple[str, str]], *, keep_underscores: bool = False
+) -> Headers:
+    """The client's headers the upstream may see, before the request transformation runs."""
+    return [
+        (k, v)
+        for k, v in strip_hop_by_hop(headers)
+        if k.lower() not in FORWARDED_HEADERS and (keep_underscores or "_" not in k)
     ]
 
 

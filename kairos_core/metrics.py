@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import (
     CollectorRegistry,
@@ -44,10 +44,17 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 
+AttemptOutcome = Literal[
+    "success", "failure_status", "connect", "timeout", "reset", "invalid", "cancelled"
+]
+"""How an attempt ended (the ``outcome`` label); every one but ``success`` and ``cancelled`` is a
+failure of the backend."""
+
+
 @dataclass(frozen=True, slots=True)
 class AttemptSample:
     backend: str
-    outcome: str
+    outcome: AttemptOutcome
     seconds: float
 
 

@@ -1,16 +1,28 @@
 """The request pipeline of DESIGN.md §2, one step per method, read top to bottom in ``handle``.
 
-1. accept: request id, client IP, malformed headers (400), declared body over the cap (413)
+1. accept: request id, client IP (:mod:`~kairos_core.forwarding`); the head's header rules
+   (:func:`~kairos_core.http.request_head_problem`, 400) and a declared body over the cap (413)
 2. route: method + path (+ host) → route, params, upstream path (404 / 405 / 400)
 3. CORS: answer preflight
-4. authenticate: JWT when the route requires it (401)
-5. select backend: the route's balancer over its backends (WebSocket routes connect the
-   upstream here and hand the adapter a socket to relay)
-6. transform request: headers, path, query
-7. forward: one attempt through the upstream client, with connect / per-try timeouts and the
-   request deadline
-8. transform response, add security headers, stream the body back
-9. record: the access-log line once the body is done
+4. authenticate: JWT when the route requires it (401); an optional token when the route's rate
+   limit counts per user (:func:`~kairos_core.auth.identify`)
+5. rate limit: the route's policy, or the global one (429)
+6. select backend: the candidates and the pick of :mod:`~kairos_core.selection`, with the AI
+   selector first on routes with an ``ai_policy`` (:mod:`~kairos_core.ai.selector`)
+7. transform request: headers (:func:`~kairos_core.http.forwardable_headers`, then the route's
+   transformation, then the addressing headers), path, query
+8. forward: an attempt through the chosen backend's breaker, bounded by the per-try timeout and
+   the request deadline; on a retryable outcome (:func:`~kairos_core.retry.classify`) retries
+   go back to step 6, preferring backends not tried yet, within attempts, budget and deadline.
+   The body is read once or streamed (:mod:`~kairos_core.body`)
+9. transform response, add security headers, stream the body back
+10. record: metrics and the access log once the body is done; the AI decision joined to its
+    outcome
+
+Whose fault an attempt's end is decides what its breaker hears: an upstream error, a per-try
+timeout or a deadline reached while waiting on the backend is the backend's (failure); the
+client going away, a body over the cap, or a deadline or body gap reached while waiting for the
+client's body is the client's (nothing reported; 408 ``client_timeout``, 413 or 499).
 
 The pipeline is pinned to the :class:`RuntimeState` current when the request arrived; a reload
 swaps the state for later requests only. Nothing here knows the web framework.
@@ -19,7 +31,6 @@ swaps the state for later requests only. Nothing here knows the web framework.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import math
 import random
@@ -30,36 +41,48 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from kairos_core.auth import AuthError, Identity
+from kairos_core.ai.decisions import Decision
+from kairos_core.ai.request import RequestSummary, summarize
+from kairos_core.auth import AuthError, Identity, identify
+from kairos_core.body import RequestBody
 from kairos_core.breaker import Trial
 from kairos_core.config.models import Backend, RetryConfig
-from kairos_core.errors import ErrorType, GatewayError
+from kairos_core.errors import ClientBodyError, ErrorType, GatewayError
+from kairos_core.forwarding import client_ip, forwarded_headers
 from kairos_core.http import (
-    FORWARDED_HEADERS,
-    HEADER_NAME,
-    NON_IDEMPOTENT_METHODS,
     SECURITY_HEADERS,
     Headers,
     ProxyRequest,
     ProxyResponse,
     add_missing,
+    forwardable_headers,
     header,
+    request_head_problem,
     strip_hop_by_hop,
     without,
 )
-from kairos_core.metrics import AttemptSample, RequestSample
+from kairos_core.metrics import AttemptOutcome, AttemptSample, RequestSample
 from kairos_core.ratelimit import limit_keys
-from kairos_core.retry import NO_RETRY, RetryDecision, parse_retry_after, retry_after_first
+from kairos_core.retry import (
+    NO_RETRY,
+    RetryDecision,
+    classify,
+    may_resend,
+    replayable,
+    retry_after_first,
+)
 from kairos_core.routing import BadPath, MethodNotAllowed, NotFound, RouteMatch
-from kairos_core.state import CompiledRoute, RuntimeState, SharedState
+from kairos_core.selection import AiChoice, Candidates, find_candidates, no_candidate_error, pick
+from kairos_core.state import CompiledRoute, RuntimeState
 from kairos_core.transform import RequestParts, ResponseParts
 from kairos_core.upstream import UpstreamClient, UpstreamError, UpstreamRequest, UpstreamResponse
 
 log = logging.getLogger("kairos.pipeline")
-Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 _E = TypeVar("_E", bound=BaseException)
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+BUFFER_BODY_BYTES = 64 * 1024
+AI_BODY_BYTES = 1024 * 1024
+"""An AI route reads a declared body up to this size before choosing (to show it to the LLM)."""
 
 
 @dataclass(slots=True)
@@ -75,29 +98,39 @@ class RequestRecord:
     backend: str | None = None
     status: int = 0
     error_type: str | None = None
-    attempts: int = 0
     retries: list[str] = field(default_factory=list)
     retry_budget_exhausted: bool = False
     rate_limited: bool = False
-    upstream_s: float | None = None
     attempt_log: list[AttemptSample] = field(default_factory=list)
+    waited_s: float = 0.0
     head_s: float = 0.0
     bytes_sent: int = 0
     duration_s: float = 0.0
 
-    def note_attempt(self, backend: str, outcome: str, started: float) -> None:
+    @property
+    def attempts(self) -> int:
+        return len(self.attempt_log)
+
+    @property
+    def upstream_s(self) -> float | None:
+        """Time spent in attempts (to each response head), or None without one."""
+        if not self.attempt_log:
+            return None
+        return sum(attempt.seconds for attempt in self.attempt_log)
+
+    def note_attempt(self, backend: str, outcome: AttemptOutcome, started: float) -> float:
         elapsed = time.perf_counter() - started
-        self.upstream_s = (self.upstream_s or 0.0) + elapsed
         self.attempt_log.append(AttemptSample(backend, outcome, elapsed))
+        return elapsed
 
     def sample(self) -> RequestSample:
-        """The request as metrics see it."""
+        """The request as metrics see it; overhead excludes upstream, backoff and client time."""
         return RequestSample(
             route=self.route_id,
             method=self.method,
             status=self.status,
             duration_s=self.duration_s,
-            overhead_s=self.head_s - (self.upstream_s or 0.0),
+            overhead_s=self.head_s - (self.upstream_s or 0.0) - self.waited_s,
             attempts=tuple(self.attempt_log),
             retries=tuple(self.retries),
             retry_budget_exhausted=self.retry_budget_exhausted,
@@ -115,6 +148,8 @@ class _Context:
     identity: Identity | None = None
     cors_headers: Headers = field(default_factory=list)
     limit_headers: Headers = field(default_factory=list)
+    decision: Decision | None = None
+    summary: RequestSummary | None = None
 
 
 RecordSink = Callable[[RequestRecord], None]
@@ -142,10 +177,9 @@ class Pipeline:
     async def handle(self, request: ProxyRequest) -> ProxyResponse:
         ctx = self._accept(request)
         try:
-            self._check_headers(ctx)
-            self._check_body_size(ctx)
+            self._check_head(ctx)
             match = self._route(ctx)
-            preflight = self._cors(ctx, match)
+            preflight = self._cors(ctx)
             if preflight is not None:
                 return self._finish(ctx, preflight)
             route = match.spec.payload
@@ -161,16 +195,6 @@ class Pipeline:
         except asyncio.CancelledError:
             self._record_abandoned(ctx)
             raise
-
-    def _record_abandoned(self, ctx: _Context) -> None:
-        """The client went away before a response: logged and counted as 499 (nginx's code)."""
-        record = ctx.record
-        record.status = 499
-        record.error_type = "client_closed"
-        record.duration_s = time.perf_counter() - record.started
-        record.head_s = record.duration_s
-        if self._on_record is not None:
-            self._on_record(record)
 
     def reject(self, request: ProxyRequest, error_type: ErrorType, message: str) -> ProxyResponse:
         """Answer a request the server refused before the pipeline could run (bad method, bad
@@ -196,35 +220,29 @@ class Pipeline:
         request_id = sent_id if sent_id and _SANE_REQUEST_ID.fullmatch(sent_id) else None
         record = RequestRecord(
             request_id=request_id or uuid.uuid4().hex,
-            client_ip=_client_ip(request, state.trusted_proxies),
+            client_ip=client_ip(
+                request.peer_ip, request.header("x-forwarded-for"), state.trusted_proxies
+            ),
             method=request.method,
             path=request.raw_path,
         )
         return _Context(request, state, record, request.header("host"))
 
-    def _check_headers(self, ctx: _Context) -> None:
-        """Header names must be tokens, values free of control characters (RFC 9110), and an
-        HTTP/1.1 request must name its Host (RFC 9112 §3.2)."""
-        if ctx.host is None and ctx.request.http_version == "1.1":
-            raise GatewayError("bad_request", "HTTP/1.1 request without a Host header")
-        for name, value in ctx.request.headers:
-            if not HEADER_NAME.fullmatch(name):
-                raise GatewayError("bad_request", f"malformed header name {name!r}")
-            if _CONTROL.search(value):
-                raise GatewayError("bad_request", f"control character in header {name!r}")
-
-    def _check_body_size(self, ctx: _Context) -> None:
-        """Refuse a declared body over the cap before reading any of it."""
+    def _check_head(self, ctx: _Context) -> None:
+        """The header rules of :mod:`kairos_core.http`, then a declared body over the cap."""
+        problem = request_head_problem(ctx.request.headers, ctx.request.http_version)
+        if problem is not None:
+            raise GatewayError("bad_request", problem)
         length = ctx.request.header("content-length")
         limit = ctx.state.config.server.max_body_bytes
-        if length is not None and length.isdigit() and int(length) > limit:
+        if length is not None and int(length) > limit:
             raise GatewayError(
                 "payload_too_large", f"request body of {length} bytes exceeds {limit} bytes"
             )
 
     def _route(self, ctx: _Context) -> RouteMatch[CompiledRoute]:
         method = ctx.request.method
-        if _is_preflight(ctx) and ctx.state.cors is not None:
+        if _is_preflight(ctx):
             method = ctx.request.header("access-control-request-method") or method
         result = ctx.state.table.lookup(method, ctx.request.raw_path, ctx.host)
         if isinstance(result, RouteMatch):
@@ -242,7 +260,7 @@ class Pipeline:
         assert isinstance(result, NotFound)
         raise GatewayError("route_not_found", f"no route for {ctx.request.raw_path}")
 
-    def _cors(self, ctx: _Context, match: RouteMatch[CompiledRoute]) -> ProxyResponse | None:
+    def _cors(self, ctx: _Context) -> ProxyResponse | None:
         cors = ctx.state.cors
         origin = ctx.request.header("origin")
         if cors is None or origin is None:
@@ -255,13 +273,13 @@ class Pipeline:
         return None
 
     def _authenticate(self, ctx: _Context, route: CompiledRoute) -> None:
-        if not route.auth_required:
-            return
-        verifier = ctx.state.jwt
-        if verifier is None:  # validation forbids this; fail closed all the same
-            raise GatewayError("authentication_error", "authentication is not configured")
         try:
-            ctx.identity = verifier.verify_header(ctx.request.header("authorization"))
+            ctx.identity = identify(
+                ctx.state.jwt,
+                ctx.request.header("authorization"),
+                required=route.auth_required,
+                wanted=route.keys_on_user,
+            )
         except AuthError as exc:
             raise GatewayError(
                 "authentication_error",
@@ -286,32 +304,139 @@ class Pipeline:
             ctx.record.rate_limited = True
             raise GatewayError("rate_limit_error", "rate limit exceeded; retry later")
 
-    def _select_backend(
-        self, ctx: _Context, route: CompiledRoute, tried: set[str]
-    ) -> tuple[Backend, Trial]:
-        """Pick among backends whose breaker admits and whose health check passes.
+    async def _forward(
+        self, ctx: _Context, route: CompiledRoute, match: RouteMatch[CompiledRoute]
+    ) -> UpstreamResponse:
+        """Attempt 1 outside any retry machinery; retries only after a retryable outcome."""
+        body = await self._read_body(ctx, route)
+        choice = None
+        if route.ai is not None:
+            ctx.summary = _summary(ctx, route, body)
+            choice = await self._ai_choice(ctx, route)
+        tried: set[str] = set()
 
-        A backend not tried yet by this request is preferred; the fallback backends are used
-        only when no primary backend is eligible.
-        """
+        async def attempt() -> _Outcome:
+            return await self._attempt(ctx, route, match, body, tried)
+
+        outcome = await self._attempt(ctx, route, match, body, tried, choice)
+        policy = route.retry
+        if policy is None:
+            return outcome.result()
+        budget = ctx.state.shared.budget(route.route_id)
+        budget.record_request()
+        if not body.replayable:
+            return outcome.result()
+        resend = may_resend(
+            ctx.request.method,
+            idempotency_key=ctx.request.header("idempotency-key") is not None,
+            policy=policy,
+        )
+
+        def note_retry(reason: str, wait_s: float) -> None:
+            ctx.record.retries.append(reason)
+            ctx.record.waited_s += wait_s
+
+        def note_budget_exhausted() -> None:
+            ctx.record.retry_budget_exhausted = True
+
+        outcome = await retry_after_first(
+            outcome,
+            attempt,
+            policy=policy,
+            classify=lambda o: o.classify(policy, resend),
+            budget=budget,
+            deadline=ctx.deadline,
+            discard=_Outcome.discard,
+            rng=self._rng,
+            on_retry=note_retry,
+            on_budget_exhausted=note_budget_exhausted,
+        )
+        return outcome.result()
+
+    async def _read_body(self, ctx: _Context, route: CompiledRoute) -> RequestBody:
+        """Read once, or stream to one attempt (rules in :mod:`kairos_core.body`)."""
+        request = ctx.request
+        source = request.body
+        length_header = request.header("content-length")
+        chunked = "chunked" in (request.header("transfer-encoding") or "").lower()
+        length = int(length_header) if length_header is not None else None
+        if source is None or (not chunked and not length):
+            return RequestBody.empty()
+        limit = ctx.state.config.server.max_body_bytes
+        policy = route.retry
+        resendable = policy is not None and replayable(
+            chunked=chunked, length=length, policy=policy
+        )
+        previewed = route.ai is not None and route.ai.reads_body
+        if resendable or (previewed and length is not None and length <= AI_BODY_BYTES):
+            body = await RequestBody.read(
+                source, limit_bytes=limit, deadline=ctx.deadline, replayable=resendable
+            )
+            ctx.record.waited_s += body.client_wait_s
+            return body
+        return RequestBody.stream(source, limit_bytes=limit)
+
+    async def _ai_choice(self, ctx: _Context, route: CompiledRoute) -> AiChoice | None:
+        """Step 6's first half on AI routes: the selector's choice among the candidates."""
+        ai = route.ai
+        if ai is None or ai.mode == "shadow" or ctx.summary is None:
+            return None
         shared = ctx.state.shared
-        for backends, balancer in (
-            (route.backends, route.balancer),
-            (route.fallback, route.fallback_balancer),
-        ):
-            eligible = [i for i, b in enumerate(backends) if shared.is_eligible(b.key)]
-            if not eligible:
-                continue
-            fresh = [i for i in eligible if backends[i].key not in tried]
-            index = balancer.pick(fresh or eligible, client_key=ctx.record.client_ip)
-            backend = backends[index]
-            breaker = shared.breakers.get(backend.key)
-            trial = breaker.admit() if breaker is not None else None
-            if trial is not None:
-                return backend, trial
-        raise _no_candidate(shared, (*route.backends, *route.fallback))
+        found = find_candidates(route.backends, route.fallback, shared)
+        if isinstance(found, GatewayError) or found.pool != "backends":
+            return None
+        choice, ctx.decision = await shared.ai.choose(
+            ai, ctx.summary, found, shared, ctx.record.request_id
+        )
+        return choice
 
-    def _transform_request(
+    def _select(
+        self,
+        ctx: _Context,
+        route: CompiledRoute,
+        tried: set[str],
+        choice: AiChoice | None,
+    ) -> tuple[Backend, Trial]:
+        """Step 6: the backend of this attempt and its breaker's admission."""
+        shared = ctx.state.shared
+        found = find_candidates(route.backends, route.fallback, shared)
+        if isinstance(found, GatewayError):
+            raise found
+        index = pick(
+            found,
+            route.balancer_for(found.pool),
+            tried=tried,
+            client_key=ctx.record.client_ip,
+            choice=choice,
+        )
+        backend = found.backends[index]
+        breaker = shared.breakers.get(backend.key)
+        trial = breaker.admit() if breaker is not None else None
+        if trial is None:  # admits() said yes in this same tick; kept as a guard
+            raise no_candidate_error((*route.backends, *route.fallback), shared)
+        self._note_selection(ctx, route, found, index, tried)
+        return backend, trial
+
+    def _note_selection(
+        self,
+        ctx: _Context,
+        route: CompiledRoute,
+        found: Candidates,
+        index: int,
+        tried: set[str],
+    ) -> None:
+        """The first attempt's pick completes its AI decision (or feeds a shadow one)."""
+        if tried or route.ai is None:
+            return
+        if ctx.decision is not None:
+            ctx.decision.index = index
+            ctx.decision.backend = found.backends[index].key
+            return
+        if route.ai.mode == "shadow" and found.pool == "backends" and ctx.summary is not None:
+            shared = ctx.state.shared
+            shared.ai.shadow(route.ai, ctx.summary, found, shared, ctx.record.request_id, index)
+
+    def _upstream_request(
         self,
         ctx: _Context,
         route: CompiledRoute,
@@ -319,15 +444,27 @@ class Pipeline:
         backend: Backend,
         body: bytes | AsyncIterator[bytes] | None,
     ) -> UpstreamRequest:
-        request = ctx.request
-        headers = without(strip_hop_by_hop(request.headers), *FORWARDED_HEADERS)
+        """Step 7: what this attempt sends."""
+        request, server = ctx.request, ctx.state.config.server
+        headers = forwardable_headers(
+            request.headers, keep_underscores=server.underscores_in_headers
+        )
         path, query = match.upstream_path, request.query
         if route.request_transform is not None:
             parts = route.request_transform.apply(RequestParts(path, query, tuple(headers)))
             path, query, headers = parts.path, parts.query, list(parts.headers)
-        headers.extend(self._forwarded_headers(ctx))
+        headers.extend(
+            forwarded_headers(
+                request.header,
+                peer_ip=request.peer_ip,
+                client=ctx.record.client_ip,
+                scheme=request.scheme,
+                host=ctx.host,
+                trusted=ctx.state.trusted_proxies,
+            )
+        )
+        headers.append(("X-Request-ID", ctx.record.request_id))
         url = f"{_origin(backend)}{path}" + (f"?{query}" if query else "")
-        server = ctx.state.config.server
         return UpstreamRequest(
             method=request.method,
             url=url,
@@ -337,79 +474,23 @@ class Pipeline:
             read_timeout_s=route.timeout_ms / 1000,
         )
 
-    def _forwarded_headers(self, ctx: _Context) -> Headers:
-        request = ctx.request
-        sent_for = request.header("x-forwarded-for")
-        trusted = _is_trusted(request.peer_ip, ctx.state.trusted_proxies)
-        forwarded_for = (
-            f"{sent_for}, {request.peer_ip}" if sent_for and trusted else ctx.record.client_ip
-        )
-        proto = (request.header("x-forwarded-proto") if trusted else None) or request.scheme
-        out = [
-            ("X-Forwarded-For", forwarded_for),
-            ("X-Forwarded-Proto", proto),
-            ("X-Request-ID", ctx.record.request_id),
-        ]
-        if ctx.host:
-            out.append(("X-Forwarded-Host", ctx.host))
-        return out
-
-    async def _forward(
-        self, ctx: _Context, route: CompiledRoute, match: RouteMatch[CompiledRoute]
-    ) -> UpstreamResponse:
-        """Attempt 1 outside any retry machinery; retries only after a retryable outcome."""
-        shared = ctx.state.shared
-        budget = shared.budget(route.route_id)
-        budget.record_request()
-        body = await _RequestBody.prepare(
-            ctx.request, route, ctx.state.config.server.max_body_bytes
-        )
-        tried: set[str] = set()
-
-        async def attempt() -> _Outcome:
-            return await self._attempt(ctx, route, match, body, tried)
-
-        outcome = await attempt()
-        policy = route.retry
-        if policy is not None and body.replayable:
-
-            def note_retry(reason: str) -> None:
-                ctx.record.retries.append(reason)
-
-            def note_budget_exhausted() -> None:
-                ctx.record.retry_budget_exhausted = True
-
-            outcome = await retry_after_first(
-                outcome,
-                attempt,
-                policy=policy,
-                classify=lambda o: _classify(ctx, policy, o),
-                budget=budget,
-                deadline=ctx.deadline,
-                discard=_Outcome.discard,
-                rng=self._rng,
-                on_retry=note_retry,
-                on_budget_exhausted=note_budget_exhausted,
-            )
-        return outcome.result()
-
     async def _attempt(
         self,
         ctx: _Context,
         route: CompiledRoute,
         match: RouteMatch[CompiledRoute],
-        body: _RequestBody,
+        body: RequestBody,
         tried: set[str],
+        choice: AiChoice | None = None,
     ) -> _Outcome:
-        """One try against one backend, reported to its breaker."""
+        """Step 8: one try against one backend, reported to its breaker."""
         try:
-            backend, trial = self._select_backend(ctx, route, tried)
+            backend, trial = self._select(ctx, route, tried, choice)
         except GatewayError as error:
             return _Outcome(error=error)
         tried.add(backend.key)
         ctx.record.backend = backend.key
-        ctx.record.attempts += 1
-        upstream_request = self._transform_request(ctx, route, match, backend, body.take())
+        upstream_request = self._upstream_request(ctx, route, match, backend, body.take())
         in_flight = ctx.state.in_flight
         in_flight.acquire(backend.key)
         started = time.perf_counter()
@@ -418,31 +499,79 @@ class Pipeline:
                 response = await self._upstream.send(upstream_request)
         except BaseException as exc:
             in_flight.release(backend.key)
-            ctx.record.note_attempt(backend.key, _attempt_outcome(exc), started)
-            return _failed_attempt(exc, trial)
+            return self._failed_attempt(ctx, backend, trial, started, exc, body)
         breaker = ctx.state.shared.breakers.get(backend.key)
-        if breaker is not None and breaker.is_failure_status(response.status):
+        failed = breaker is not None and breaker.is_failure_status(response.status)
+        self._reported(ctx, backend, trial, started, "failure_status" if failed else "success")
+        return _Outcome(response=_Released(response, lambda: in_flight.release(backend.key)))
+
+    def _reported(
+        self,
+        ctx: _Context,
+        backend: Backend,
+        trial: Trial,
+        started: float,
+        outcome: AttemptOutcome,
+    ) -> None:
+        """Tell the breaker, the metrics and the AI strategies how an attempt ended."""
+        if outcome == "cancelled":
+            trial.cancel()
+            ctx.record.note_attempt(backend.key, outcome, started)
+            return
+        failed = outcome != "success"
+        if failed:
             trial.failure()
-            ctx.record.note_attempt(backend.key, "failure_status", started)
         else:
             trial.success()
-            ctx.record.note_attempt(backend.key, "success", started)
-        return _Outcome(response=_Released(response, lambda: in_flight.release(backend.key)))
+        seconds = ctx.record.note_attempt(backend.key, outcome, started)
+        ctx.state.shared.observations.observe(backend.key, seconds, failed=failed)
+
+    def _failed_attempt(
+        self,
+        ctx: _Context,
+        backend: Backend,
+        trial: Trial,
+        started: float,
+        exc: BaseException,
+        body: RequestBody | None,
+    ) -> _Outcome:
+        """An attempt that raised: whose fault, what the breaker hears, what the client gets."""
+        client_fault = _find_cause(exc, ClientBodyError)
+        waited_on_client = (
+            isinstance(exc, TimeoutError) and body is not None and (body.waiting_for_client)
+        )
+        if client_fault is not None or waited_on_client:
+            trial.cancel()
+            return _Outcome(
+                error=client_fault
+                or ClientBodyError(
+                    "client_timeout", "the request body did not arrive before the deadline"
+                )
+            )
+        if isinstance(exc, UpstreamError):
+            self._reported(ctx, backend, trial, started, exc.kind)
+            error_type: ErrorType = "timeout" if exc.kind == "timeout" else "upstream"
+            return _Outcome(error=GatewayError(error_type, exc.message), upstream_error=exc)
+        if isinstance(exc, TimeoutError):
+            self._reported(ctx, backend, trial, started, "timeout")
+            return _Outcome(error=GatewayError("timeout", "request deadline exceeded"))
+        self._reported(ctx, backend, trial, started, "cancelled")
+        raise exc
 
     async def _open_websocket(
         self, ctx: _Context, route: CompiledRoute, match: RouteMatch[CompiledRoute]
     ) -> ProxyResponse:
         """Connect the upstream WebSocket first; the adapter then accepts the client and relays.
 
-        The handshake is reported to the backend's breaker like any attempt.
+        The handshake is an attempt like any other: selected, counted in flight, reported to
+        the backend's breaker and recorded.
         """
-        request = ctx.request
-        backend, trial = self._select_backend(ctx, route, set())
+        backend, trial = self._select(ctx, route, set(), None)
         ctx.record.backend = backend.key
-        upstream_request = self._transform_request(ctx, route, match, backend, None)
+        upstream_request = self._upstream_request(ctx, route, match, backend, None)
         protocols = [
             p.strip()
-            for p in (request.header("sec-websocket-protocol") or "").split(",")
+            for p in (ctx.request.header("sec-websocket-protocol") or "").split(",")
             if p.strip()
         ]
         headers = [
@@ -452,7 +581,7 @@ class Pipeline:
         ]
         in_flight = ctx.state.in_flight
         in_flight.acquire(backend.key)
-        ctx.record.attempts += 1
+        started = time.perf_counter()
         try:
             ws = await self._upstream.connect_websocket(
                 _websocket_url(upstream_request.url),
@@ -462,9 +591,9 @@ class Pipeline:
             )
         except BaseException as exc:
             in_flight.release(backend.key)
-            _failed_attempt(exc, trial).result()
+            self._failed_attempt(ctx, backend, trial, started, exc, None).result()
             raise
-        trial.success()
+        self._reported(ctx, backend, trial, started, "success")
 
         async def close() -> None:
             try:
@@ -507,6 +636,8 @@ class Pipeline:
         headers = [("Content-Type", "application/json"), *error.headers, *ctx.cors_headers]
         if error.retry_after_s is not None:
             headers.append(("Retry-After", str(max(math.ceil(error.retry_after_s), 1))))
+        if isinstance(error, ClientBodyError):
+            headers.append(("Connection", "close"))  # the rest of the body is not read
         return ProxyResponse(error.status, headers, error.body(ctx.record.request_id))
 
     def _finish(self, ctx: _Context, response: ProxyResponse) -> ProxyResponse:
@@ -525,23 +656,35 @@ class Pipeline:
                 if inner is not None:
                     await inner()
             finally:
-                ctx.record.duration_s = time.perf_counter() - ctx.record.started
-                if isinstance(response.body, bytes):
-                    ctx.record.bytes_sent = len(response.body)
-                if self._on_record is not None:
-                    self._on_record(ctx.record)
+                self._record(ctx, response)
 
         response.on_close = finish
         return response
 
+    def _record(self, ctx: _Context, response: ProxyResponse) -> None:
+        record = ctx.record
+        record.duration_s = time.perf_counter() - record.started
+        if isinstance(response.body, bytes):
+            record.bytes_sent = len(response.body)
+        if ctx.decision is not None:
+            ctx.state.shared.ai.finish(ctx.decision, record.status, record.upstream_s)
+        if self._on_record is not None:
+            self._on_record(record)
+
+    def _record_abandoned(self, ctx: _Context) -> None:
+        """The client went away before a response: logged and counted as 499 (nginx's code)."""
+        record = ctx.record
+        record.status = 499
+        record.error_type = "client_closed"
+        record.duration_s = time.perf_counter() - record.started
+        record.head_s = record.duration_s
+        if ctx.decision is not None:
+            ctx.state.shared.ai.finish(ctx.decision, 499, record.upstream_s)
+        if self._on_record is not None:
+            self._on_record(record)
+
 
 # --- helpers --------------------------------------------------------------------------------------
-
-
-class _BodyTooLarge(Exception):
-    def __init__(self, error: GatewayError) -> None:
-        super().__init__(error.message)
-        self.error = error
 
 
 class _Released:
@@ -576,52 +719,6 @@ async def _relay(response: UpstreamResponse, record: RequestRecord) -> AsyncIter
         raise
 
 
-BUFFER_BODY_BYTES = 64 * 1024
-
-
-class _RequestBody:
-    """The request body as the attempts see it: bytes (replayable) or a one-shot stream.
-
-    A body with a declared length within ``retry.max_replay_bytes`` is read once, so retries can
-    send it again; a larger or chunked body streams to the first attempt only (``replayable`` is
-    then False and the request is not retried). Either way it is cut at ``max_body_bytes``.
-    """
-
-    def __init__(self, data: bytes | AsyncIterator[bytes] | None, replayable: bool) -> None:
-        self._data = data
-        self.replayable = replayable
-
-    @classmethod
-    async def prepare(cls, request: ProxyRequest, route: CompiledRoute, limit: int) -> _RequestBody:
-        body = request.body
-        length = request.header("content-length")
-        chunked = "chunked" in (request.header("transfer-encoding") or "").lower()
-        if body is None or (not chunked and (length is None or length == "0")):
-            return cls(None, replayable=True)
-        stream = _capped(body, limit)
-        policy = route.retry
-        if policy is None or chunked or length is None or int(length) > policy.max_replay_bytes:
-            return cls(stream, replayable=False)
-        return cls(b"".join([chunk async for chunk in stream]), replayable=True)
-
-    def take(self) -> bytes | AsyncIterator[bytes] | None:
-        data = self._data
-        if not self.replayable:
-            self._data = None
-        return data
-
-
-async def _capped(body: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
-    seen = 0
-    async for chunk in body:
-        seen += len(chunk)
-        if seen > limit:
-            raise _BodyTooLarge(
-                GatewayError("payload_too_large", f"request body exceeds {limit} bytes")
-            )
-        yield chunk
-
-
 @dataclass(slots=True)
 class _Outcome:
     """What one attempt produced: an upstream response, or the error the client would get."""
@@ -636,18 +733,22 @@ class _Outcome:
         assert self.error is not None
         raise self.error
 
+    def classify(self, policy: RetryConfig, resend: bool) -> RetryDecision:
+        """This outcome under :func:`kairos_core.retry.classify`."""
+        if self.response is not None:
+            return classify(
+                policy,
+                resend=resend,
+                status=self.response.status,
+                retry_after=header(self.response.headers, "retry-after"),
+            )
+        if self.upstream_error is not None:
+            return classify(policy, resend=resend, error=self.upstream_error)
+        return NO_RETRY
+
     async def discard(self) -> None:
         if self.response is not None:
             await self.response.close()
-
-
-def _attempt_outcome(exc: BaseException) -> str:
-    """The ``outcome`` label of an attempt that raised."""
-    if isinstance(exc, UpstreamError):
-        return exc.kind
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    return "cancelled"
 
 
 def _find_cause(exc: BaseException, kind: type[_E]) -> _E | None:
@@ -662,64 +763,17 @@ def _find_cause(exc: BaseException, kind: type[_E]) -> _E | None:
     return None
 
 
-def _failed_attempt(exc: BaseException, trial: Trial) -> _Outcome:
-    """Report an attempt that raised to its breaker and turn it into an outcome.
-
-    A backend that does not answer before the request deadline has timed out like any other
-    (failure). Cancellation (client gone) is reported as nothing, and so is a body over the cap:
-    that is the client's fault.
-    """
-    too_large = _find_cause(exc, _BodyTooLarge)
-    if too_large is not None:
-        trial.cancel()
-        return _Outcome(error=too_large.error)
-    if isinstance(exc, UpstreamError):
-        trial.failure()
-        error_type: ErrorType = "timeout" if exc.kind == "timeout" else "upstream"
-        return _Outcome(error=GatewayError(error_type, exc.message), upstream_error=exc)
-    if isinstance(exc, TimeoutError):
-        trial.failure()
-        return _Outcome(error=GatewayError("timeout", "request deadline exceeded"))
-    trial.cancel()
-    raise exc
-
-
-def _classify(ctx: _Context, policy: RetryConfig, outcome: _Outcome) -> RetryDecision:
-    """DESIGN.md §5: which outcomes are retried for this request."""
+def _summary(ctx: _Context, route: CompiledRoute, body: RequestBody) -> RequestSummary:
     request = ctx.request
-    may_resend = (
-        request.method not in NON_IDEMPOTENT_METHODS
-        or policy.retry_non_idempotent
-        or request.header("idempotency-key") is not None
+    return summarize(
+        route.route_id,
+        request.method,
+        request.raw_path,
+        request.query,
+        request.headers,
+        body.preview,
+        declared_bytes=int(request.header("content-length") or 0),
     )
-    if outcome.response is not None:
-        status = outcome.response.status
-        if status in policy.retry_on_status_codes and may_resend:
-            retry_after = parse_retry_after(header(outcome.response.headers, "retry-after"))
-            return RetryDecision(True, f"status_{status}", retry_after)
-        return NO_RETRY
-    error = outcome.upstream_error
-    if error is None or not policy.retry_on_connection_error:
-        return NO_RETRY
-    if not error.sent or may_resend:
-        return RetryDecision(True, error.kind)
-    return NO_RETRY
-
-
-def _no_candidate(shared: SharedState, backends: tuple[Backend, ...]) -> GatewayError:
-    """503: ``circuit_open`` (with time to half-open) unless every backend is unhealthy."""
-    waits = [
-        breaker.seconds_until_half_open()
-        for b in backends
-        if shared.is_healthy(b.key) and (breaker := shared.breakers.get(b.key)) is not None
-    ]
-    if waits:
-        return GatewayError(
-            "circuit_open",
-            "every backend's circuit breaker is open",
-            retry_after_s=min(waits),
-        )
-    return GatewayError("no_healthy_backend", "no backend passes its health check")
 
 
 def _require_upgrade(ctx: _Context) -> None:
@@ -750,28 +804,8 @@ def _loop_deadline(deadline: float | None) -> float | None:
 def _is_preflight(ctx: _Context) -> bool:
     request = ctx.request
     return (
-        request.method == "OPTIONS"
+        ctx.state.cors is not None
+        and request.method == "OPTIONS"
         and request.header("origin") is not None
         and request.header("access-control-request-method") is not None
     )
-
-
-def _is_trusted(ip: str, networks: Networks) -> bool:
-    if not networks:
-        return False
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    return any(address in network for network in networks)
-
-
-def _client_ip(request: ProxyRequest, trusted: Networks) -> str:
-    """The peer address, or the right-most untrusted ``X-Forwarded-For`` hop behind a proxy."""
-    if not _is_trusted(request.peer_ip, trusted):
-        return request.peer_ip
-    hops = [h.strip() for h in (request.header("x-forwarded-for") or "").split(",")]
-    for hop in reversed([h for h in hops if h]):
-        if not _is_trusted(hop, trusted):
-            return hop
-    return request.peer_ip

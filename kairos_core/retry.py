@@ -10,11 +10,20 @@ a longer one ends the retries and its answer goes back to the client as it came 
 never held for as long as an upstream asks). The deadline caps every wait too.
 Zero ``initial_backoff_ms`` means immediate retries.
 
-What is retried, and when, is the pipeline's ``classify`` (DESIGN.md §5): connection errors (if
-``retry_on_connection_error``) and ``retry_on_status_codes`` responses; POST and PATCH only when
-the request never left (connect failed), unless they carry ``Idempotency-Key`` or the route sets
-``retry_non_idempotent``. The first attempt never enters tenacity, so a route whose first attempt
-succeeds pays nothing for having a retry policy. Retries never exceed the :class:`RetryBudget`.
+What is retried, and when (DESIGN.md §5), is decided here for the pipeline and the dry run alike:
+
+- :func:`replayable`: only a request whose body can be sent again is retried at all: no body, or
+  a declared ``Content-Length`` within ``max_replay_bytes`` (read once and kept). A chunked body
+  or a larger one streams to the first attempt only.
+- :func:`may_resend`: a request that reached the upstream may be sent again when its method is
+  idempotent (not POST or PATCH), when it carries ``Idempotency-Key``, or when the route sets
+  ``retry_non_idempotent``.
+- :func:`classify`: a ``retry_on_status_codes`` answer is retried when the request may be resent
+  (its ``Retry-After`` is kept); a connection error is retried when ``retry_on_connection_error``
+  is on and either the request never left (connect failed) or it may be resent. Nothing else.
+
+The first attempt never enters tenacity, so a route whose first attempt succeeds pays nothing
+for having a retry policy. Retries never exceed the :class:`RetryBudget`.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ from typing import TypeVar
 from tenacity import AsyncRetrying, RetryCallState, retry_if_result
 
 from kairos_core.config.models import RetryConfig
+from kairos_core.http import NON_IDEMPOTENT_METHODS
+from kairos_core.upstream import UpstreamError
 
 T = TypeVar("T")
 
@@ -123,6 +134,36 @@ class RetryDecision:
 NO_RETRY = RetryDecision(False)
 
 
+def replayable(*, chunked: bool, length: int | None, policy: RetryConfig) -> bool:
+    """Whether the body can be sent again; ``length`` None with no chunking means no body."""
+    return not chunked and (length is None or length <= policy.max_replay_bytes)
+
+
+def may_resend(method: str, *, idempotency_key: bool, policy: RetryConfig) -> bool:
+    """Whether a request that reached the upstream may be sent to it (or another) again."""
+    return method not in NON_IDEMPOTENT_METHODS or idempotency_key or policy.retry_non_idempotent
+
+
+def classify(
+    policy: RetryConfig,
+    *,
+    resend: bool,
+    status: int | None = None,
+    retry_after: str | None = None,
+    error: UpstreamError | None = None,
+) -> RetryDecision:
+    """Whether one attempt's outcome (an upstream ``status``, or an ``error``) is retried."""
+    if status is not None:
+        if status in policy.retry_on_status_codes and resend:
+            return RetryDecision(True, f"status_{status}", parse_retry_after(retry_after))
+        return NO_RETRY
+    if error is None or not policy.retry_on_connection_error:
+        return NO_RETRY
+    if not error.sent or resend:
+        return RetryDecision(True, error.kind)
+    return NO_RETRY
+
+
 async def retry_after_first(
     first: T,
     attempt: Callable[[], Awaitable[T]],
@@ -133,7 +174,7 @@ async def retry_after_first(
     deadline: float | None,
     discard: Callable[[T], Awaitable[None]],
     rng: random.Random,
-    on_retry: Callable[[str], None] = lambda reason: None,
+    on_retry: Callable[[str, float], None] = lambda reason, wait_s: None,
     on_budget_exhausted: Callable[[], None] = lambda: None,
 ) -> T:
     """Retry after a first attempt made outside tenacity; return the last outcome.
@@ -143,7 +184,8 @@ async def retry_after_first(
     ``attempt`` again, until an outcome is not retryable, ``max_retries`` retries were made, the
     next wait would pass ``deadline`` (``time.monotonic()`` seconds), or ``budget`` refuses.
     Whatever stops it, the last outcome is returned as it came; every outcome that is retried
-    over is ``discard``-ed first (its body is released).
+    over is ``discard``-ed first (its body is released). ``on_retry`` hears each retry's reason
+    and the seconds it waits first.
     """
     if not classify(first).retry:
         return first
@@ -173,7 +215,7 @@ async def retry_after_first(
 
     async def before_sleep(state: RetryCallState) -> None:
         outcome = state.outcome.result()  # type: ignore[union-attr]
-        on_retry(classify(outcome).reason)
+        on_retry(classify(outcome).reason, state.upcoming_sleep or 0.0)
         await discard(outcome)
 
     retrying = AsyncRetrying(

@@ -8,10 +8,11 @@ route identity: in-flight counts, breakers, rate-limit counters, retry budgets, 
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from kairos_core.ai.decisions import Decision, DecisionLog
+from kairos_core.ai.selector import AiRoute, AiSelector, compile_ai
 from kairos_core.auth import JwtVerifier
 from kairos_core.balancing import BackendRef, Balancer, InFlight, RoundRobin, make_balancer
 from kairos_core.breaker import BreakerRegistry, State
@@ -25,11 +26,20 @@ from kairos_core.config.models import (
     Router,
 )
 from kairos_core.cors import CorsPolicy
+from kairos_core.errors import GatewayError
 from kairos_core.events import EventBus
+from kairos_core.forwarding import Networks, parse_networks
 from kairos_core.health import HealthChecker
 from kairos_core.ratelimit import RateLimiter
 from kairos_core.retry import RetryBudget
 from kairos_core.routing import PathPattern, RouteSpec, RouteTable
+from kairos_core.selection import (
+    BackendObservations,
+    BackendStats,
+    CircuitState,
+    Pool,
+    find_candidates,
+)
 from kairos_core.transform import CompiledRequestTransform, CompiledResponseTransform
 from kairos_core.upstream import UpstreamClient
 
@@ -53,10 +63,21 @@ class CompiledRoute:
     deadline_ms: int | None
     request_transform: CompiledRequestTransform | None
     response_transform: CompiledResponseTransform | None
+    ai: AiRoute | None = None
 
     @property
     def protocol(self) -> str:
         return self.router.protocol
+
+    @property
+    def keys_on_user(self) -> bool:
+        """Whether the route's rate limit counts per JWT ``sub`` (an optional token is read)."""
+        return self.rate_limit is not None and any(
+            "User" in strategy for strategy in self.rate_limit.strategies
+        )
+
+    def balancer_for(self, pool: Pool) -> Balancer:
+        return self.balancer if pool == "backends" else self.fallback_balancer
 
     @property
     def auth_required(self) -> bool:
@@ -64,7 +85,11 @@ class CompiledRoute:
 
 
 class SharedState:
-    """State that outlives any one config; the pipeline, the admin API and the CLI read it."""
+    """State that outlives any one config; the pipeline, the admin API and the CLI read it.
+
+    It is the live :class:`~kairos_core.selection.BackendStates`: selection reads health,
+    breakers, in-flight counts and recent upstream behaviour through it.
+    """
 
     def __init__(
         self, *, upstream: UpstreamClient | None = None, storage_uri: str = "memory://"
@@ -74,6 +99,8 @@ class SharedState:
         self.breakers = BreakerRegistry(on_transition=self._circuit_event)
         self.limiter = RateLimiter(storage_uri)
         self.health = HealthChecker(upstream, self._health_event) if upstream else None
+        self.observations = BackendObservations()
+        self.ai = AiSelector(DecisionLog(self._ai_event))
         self._budgets: dict[str, RetryBudget] = {}
 
     def budget(self, route_id: str) -> RetryBudget:
@@ -82,13 +109,33 @@ class SharedState:
             budget = self._budgets[route_id] = RetryBudget()
         return budget
 
-    def is_healthy(self, backend: str) -> bool:
-        return self.health is None or self.health.is_healthy(backend)
+    # --- BackendStates ----------------------------------------------------------------------------
 
-    def is_eligible(self, backend: str) -> bool:
-        """A candidate now: passing its health check and admitted by its breaker."""
-        breaker = self.breakers.get(backend)
-        return self.is_healthy(backend) and (breaker is None or breaker.admits())
+    def healthy(self, key: str) -> bool:
+        return self.health is None or self.health.is_healthy(key)
+
+    def admits(self, key: str) -> bool:
+        breaker = self.breakers.get(key)
+        return breaker is None or breaker.admits()
+
+    def circuit(self, key: str) -> CircuitState:
+        breaker = self.breakers.get(key)
+        return "closed" if breaker is None else breaker.state
+
+    def seconds_until_half_open(self, key: str) -> float:
+        breaker = self.breakers.get(key)
+        return 0.0 if breaker is None else breaker.seconds_until_half_open()
+
+    def in_flight_count(self, key: str) -> int:
+        return self.in_flight.get(key)
+
+    def stats(self, key: str) -> BackendStats:
+        return self.observations.stats(key)
+
+    # --- events -----------------------------------------------------------------------------------
+
+    def _ai_event(self, decision: Decision) -> None:
+        self.events.publish("ai_decision", decision_data(decision))
 
     def _health_event(self, backend: str, healthy: bool) -> None:
         self.events.publish("health", {"backend": backend, "healthy": healthy})
@@ -106,7 +153,8 @@ class RuntimeState:
     routes: Mapping[str, CompiledRoute]
     jwt: JwtVerifier | None
     cors: CorsPolicy | None
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    trusted_proxies: Networks
+    breaker_owners: Mapping[str, str]
     shared: SharedState = field(repr=False)
 
     @property
@@ -122,11 +170,13 @@ class RuntimeState:
         return self.shared.in_flight
 
     def unroutable(self) -> list[str]:
-        """Ids of routes with no eligible backend (primary or fallback) right now."""
+        """Ids of routes with no candidate backend (primary or fallback) right now."""
         return [
             route_id
             for route_id, route in self.routes.items()
-            if not any(self.shared.is_eligible(b.key) for b in (*route.backends, *route.fallback))
+            if isinstance(
+                find_candidates(route.backends, route.fallback, self.shared), GatewayError
+            )
         ]
 
     def health_targets(self) -> dict[str, str]:
@@ -142,15 +192,23 @@ class RuntimeState:
         return targets
 
 
-def compile_state(loaded: LoadedConfig, shared: SharedState | None = None) -> RuntimeState:
-    """Build the runtime state of a validated config and point the shared breakers at it."""
+def compile_state(
+    loaded: LoadedConfig,
+    shared: SharedState | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> RuntimeState:
+    """Build the runtime state of a validated config and point the shared breakers at it.
+
+    ``environ`` (default: the process environment) is where LLM API keys are looked up.
+    """
     config = loaded.config
     shared = shared if shared is not None else SharedState()
     specs: list[RouteSpec[CompiledRoute]] = []
     routes: dict[str, CompiledRoute] = {}
     ids = route_ids(config.routers)
     for index, (route_id, router) in enumerate(zip(ids, config.routers, strict=True)):
-        route = _compile_route(config, router, route_id, index, shared.in_flight)
+        route = _compile_route(config, router, route_id, index, shared.in_flight, environ)
         routes[route_id] = route
         specs.append(
             RouteSpec(
@@ -163,19 +221,31 @@ def compile_state(loaded: LoadedConfig, shared: SharedState | None = None) -> Ru
                 payload=route,
             )
         )
-    shared.breakers.configure(
-        (backend.key, route.breaker)
-        for route in routes.values()
-        for backend in (*route.backends, *route.fallback)
-    )
+    owners = breaker_owners(routes.values())
+    shared.breakers.configure((key, routes[owner].breaker) for key, owner in owners.items())
     jwt = JwtVerifier(config.jwt) if config.jwt is not None else None
     cors = CorsPolicy(config.cors) if config.cors is not None else None
-    trusted = tuple(ipaddress.ip_network(p, strict=False) for p in config.server.trusted_proxies)
-    return RuntimeState(loaded, RouteTable(specs), routes, jwt, cors, trusted, shared)
+    trusted = parse_networks(config.server.trusted_proxies)
+    return RuntimeState(loaded, RouteTable(specs), routes, jwt, cors, trusted, owners, shared)
+
+
+def breaker_owners(routes: Iterable[CompiledRoute]) -> dict[str, str]:
+    """Backend key → id of the route whose breaker policy it gets: the first route, in config
+    order, that names the backend (DESIGN.md §5: one breaker per backend)."""
+    owners: dict[str, str] = {}
+    for route in routes:
+        for backend in (*route.backends, *route.fallback):
+            owners.setdefault(backend.key, route.route_id)
+    return owners
 
 
 def _compile_route(
-    config: GatewayConfig, router: Router, route_id: str, index: int, in_flight: InFlight
+    config: GatewayConfig,
+    router: Router,
+    route_id: str,
+    index: int,
+    in_flight: InFlight,
+    environ: Mapping[str, str] | None,
 ) -> CompiledRoute:
     backends = router.effective_backends
     refs = [BackendRef(key=b.key, weight=max(b.weight, 1)) for b in backends]
@@ -199,4 +269,27 @@ def _compile_route(
         deadline_ms=router.deadline_ms,
         request_transform=CompiledRequestTransform(request_t) if request_t else None,
         response_transform=CompiledResponseTransform(response_t) if response_t else None,
+        ai=compile_ai(route_id, router, config, environ),
     )
+
+
+def decision_data(decision: Decision) -> dict[str, object]:
+    """An AI decision as event data (the wire names of ``kairos_client.models.AiDecision``)."""
+    return {
+        "id": decision.id,
+        "time": decision.time,
+        "route": decision.route,
+        "request_id": decision.request_id,
+        "strategy": decision.strategy,
+        "mode": decision.mode,
+        "source": decision.source,
+        "reason": decision.reason,
+        "latency_ms": decision.latency_ms,
+        "index": decision.index,
+        "backend": decision.backend,
+        "shadow": decision.shadow,
+        "routed_backend": decision.routed_backend,
+        "agrees": decision.agrees,
+        "status": decision.status,
+        "upstream_ms": decision.upstream_ms,
+    }

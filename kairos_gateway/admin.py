@@ -420,8 +420,10 @@ class AdminApi:
                     failures=snap.failures,
                     opened_at=snap.opened_at,
                     next_half_open_at=snap.next_half_open_at,
-                    healthy=shared.is_healthy(snap.backend),
+                    healthy=shared.healthy(snap.backend),
                     in_flight=shared.in_flight.get(snap.backend),
+                    admitting=shared.admits(snap.backend),
+                    half_open_in_s=round(shared.seconds_until_half_open(snap.backend), 3),
                 )
             )
         return infos
@@ -453,11 +455,6 @@ class AdminApi:
             asked = models.RouteTestRequest.model_validate(_json_object(request))
         except ValidationError as exc:
             raise AdminError(400, "bad_request", f"invalid route-test request: {exc}") from exc
-        states = {
-            info.backend: "unhealthy" if not info.healthy else info.state
-            for info in self.circuit_infos()
-            if info.state != "closed" or not info.healthy
-        }
         plan = plan_request(
             self.runtime.state,
             asked.method.upper(),
@@ -466,7 +463,7 @@ class AdminApi:
             client_ip=asked.client_ip,
             token=asked.token,
             body=asked.body.encode() if asked.body is not None else None,
-            backend_states=states,
+            states=self.runtime.shared,
         )
         report = plan.to_dict()
         return reply(

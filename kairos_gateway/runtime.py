@@ -202,8 +202,7 @@ class GatewayRuntime:
     def refresh_gauges(self) -> None:
         shared = self.shared
         self.metrics.set_backend_gauges(
-            (b.backend, _STATE_CODES[b.state], shared.is_healthy(b.backend))
-            for b in shared.breakers
+            (b.backend, _STATE_CODES[b.state], shared.healthy(b.backend)) for b in shared.breakers
         )
         self.metrics.tick(shared.in_flight.total())
 

@@ -275,7 +275,7 @@ def test_route_test_auth_route_without_token(config: Path) -> None:
     result = kairos("route-test", "GET", "/api/me", "-c", config)
     assert result.exit_code == 1
     assert "401 authentication_error" in result.stdout
-    assert "no token" in result.stdout
+    assert "missing bearer token" in result.stdout
 
 
 def test_route_test_auth_route_with_a_valid_token(config: Path) -> None:
@@ -390,7 +390,10 @@ def admin_url() -> Iterator[str]:
 
 def test_live_uses_the_gateway_breaker_state(config: Path, admin_url: str) -> None:
     _AdminHandler.circuits = {
-        "circuits": [{"backend": B1, "state": "open"}, {"backend": B2, "state": "closed"}]
+        "circuits": [
+            {"backend": B1, "state": "open", "admitting": False, "half_open_in_s": 12.0},
+            {"backend": B2, "state": "closed"},
+        ]
     }
     args = ["route-test", "GET", "/api/users/1", "-c", config, "--live", "--url", admin_url]
     result = kairos(*args, "--admin-token", _AdminHandler.token, "--json")
@@ -408,7 +411,10 @@ def test_live_uses_the_gateway_breaker_state(config: Path, admin_url: str) -> No
 
 def test_live_every_backend_open_would_be_rejected(config: Path, admin_url: str) -> None:
     _AdminHandler.circuits = {
-        "circuits": [{"backend": B1, "state": "open"}, {"backend": B2, "state": "open"}]
+        "circuits": [
+            {"backend": B1, "state": "open", "admitting": False, "half_open_in_s": 3.0},
+            {"backend": B2, "state": "open", "admitting": False, "half_open_in_s": 5.0},
+        ]
     }
     result = kairos(
         "route-test", "GET", "/api/users/1", "-c", config, "--live",

@@ -11,6 +11,7 @@ import pytest
 
 from kairos_core.config import parse_config
 from kairos_core.dryrun import plan_request
+from kairos_core.selection import BackendSnapshot, SnapshotStates
 from kairos_core.state import RuntimeState, compile_state
 
 SECRET = "k3Jq9vXw2LmN8pRt5YzA7bCd4EfGh6Ui-dryrun"
@@ -32,6 +33,18 @@ def route(
         "methods": methods,
         **extra,
     }
+
+
+def states(**by_state: str) -> SnapshotStates:
+    """``states(open=[B1], unhealthy=[B2])`` as the gateway would report them."""
+    snapshots: dict[str, BackendSnapshot] = {}
+    for name, keys in by_state.items():
+        for key in keys:
+            if name == "unhealthy":
+                snapshots[key] = BackendSnapshot(healthy=False)
+            else:
+                snapshots[key] = BackendSnapshot(circuit=name, admits=name != "open")  # type: ignore[arg-type]
+    return SnapshotStates(snapshots)
 
 
 def state_of(*routers: dict[str, Any], **top: Any) -> RuntimeState:
@@ -167,7 +180,7 @@ def test_cors_preflight_is_answered_by_the_gateway(state: RuntimeState) -> None:
 def test_auth_route_without_token_is_authentication_error(state: RuntimeState) -> None:
     plan = plan_request(state, "GET", "/api/me")
     assert (plan.outcome, plan.status) == ("authentication_error", 401)
-    assert (plan.auth.required, plan.auth.outcome) == (True, "no token")
+    assert (plan.auth.required, plan.auth.outcome) == (True, "missing bearer token")
     assert plan.route_id == "me"  # the route's policies are still reported
 
 
@@ -197,7 +210,7 @@ def test_auth_not_required(state: RuntimeState) -> None:
 
 
 def test_candidates_list_every_backend_with_state(state: RuntimeState) -> None:
-    plan = plan_request(state, "GET", "/api/users/1", backend_states={B2: "open"})
+    plan = plan_request(state, "GET", "/api/users/1", states=states(open=[B2]))
     assert [(c.index, c.key, c.weight, c.state, c.eligible) for c in plan.candidates] == [
         (0, B1, 1, "closed", True),
         (1, B2, 1, "open", False),
@@ -205,7 +218,7 @@ def test_candidates_list_every_backend_with_state(state: RuntimeState) -> None:
 
 
 def test_ineligible_backends_are_skipped_by_the_pick(state: RuntimeState) -> None:
-    plan = plan_request(state, "GET", "/api/users/1", backend_states={B1: "unhealthy"})
+    plan = plan_request(state, "GET", "/api/users/1", states=states(unhealthy=[B1]))
     assert plan.pick is not None
     assert (plan.pick.pool, plan.pick.index, plan.pick.key) == ("backends", 1, B2)
     assert plan.upstream_url == f"{B2}/users/1"
@@ -229,18 +242,21 @@ def test_fallback_is_used_only_when_no_primary_is_eligible(state: RuntimeState) 
     plan = plan_request(state, "GET", "/safe")
     assert plan.pick is not None and plan.pick.pool == "backends"
     assert [c.key for c in plan.fallback] == [B3]
-    plan = plan_request(state, "GET", "/safe", backend_states={B1: "open", B2: "unhealthy"})
+    plan = plan_request(state, "GET", "/safe", states=states(open=[B1], unhealthy=[B2]))
     assert plan.pick is not None
     assert (plan.pick.pool, plan.pick.key, plan.outcome) == ("fallback", B3, "routable")
     assert plan.upstream_url == f"{B3}/safe"
 
 
 def test_no_eligible_backend_is_circuit_open_or_no_healthy_backend(state: RuntimeState) -> None:
-    all_open = plan_request(state, "GET", "/api/users/1", backend_states={B1: "open", B2: "open"})
+    all_open = plan_request(state, "GET", "/api/users/1", states=states(open=[B1, B2]))
     assert (all_open.outcome, all_open.status, all_open.pick) == ("circuit_open", 503, None)
-    mixed = {B1: "open", B2: "unhealthy"}
-    plan = plan_request(state, "GET", "/api/users/1", backend_states=mixed)
-    assert (plan.outcome, plan.status, plan.upstream_url) == ("no_healthy_backend", 503, None)
+    # A will be back on its own: as in the gateway, that is circuit_open, not no_healthy_backend
+    mixed = states(open=[B1], unhealthy=[B2])
+    plan = plan_request(state, "GET", "/api/users/1", states=mixed)
+    assert (plan.outcome, plan.status, plan.upstream_url) == ("circuit_open", 503, None)
+    sick = plan_request(state, "GET", "/api/users/1", states=states(unhealthy=[B1, B2]))
+    assert (sick.outcome, sick.status) == ("no_healthy_backend", 503)
 
 
 # --- policies -------------------------------------------------------------------------------------
@@ -330,7 +346,7 @@ def test_ai_policy_summary_resolves_provider_and_model() -> None:
     backends = [backend(9001, description="fast", tags=["fast"]), backend(9002)]
     state = state_of(
         route("chat", "/chat", "/chat", ["POST"], backends=backends, ai_policy={"mode": "shadow"}),
-        ai={"provider": "openai", "model": "gpt-4o-mini"},
+        ai={"provider": "openai", "model": "gpt-4o-mini", "base_url": "http://127.0.0.1:1/v1"},
     )
     plan = plan_request(state, "POST", "/chat")
     assert plan.ai_policy is not None

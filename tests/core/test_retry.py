@@ -328,7 +328,7 @@ async def test_stops_at_max_retries_and_returns_the_last_outcome_as_it_came() ->
     script = Script([503])
     reasons: list[str] = []
 
-    result = await run(first, script, on_retry=reasons.append)
+    result = await run(first, script, on_retry=lambda reason, wait_s: reasons.append(reason))
 
     assert len(script.made) == FAST.max_retries  # attempt 1 is ``first``, never re-run
     assert result is script.made[-1]
