@@ -7,6 +7,7 @@ refused to overwrite a file; 2 usage error, unreadable file or (for route-test) 
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import os
@@ -30,8 +31,9 @@ from kairos_core.config import (
     Severity,
     load_config,
 )
-from kairos_core.dryrun import plan_request
-from kairos_core.state import compile_state
+from kairos_core.dryrun import DryRun, ask_live, plan_request
+from kairos_core.selection import BackendStates
+from kairos_core.state import RuntimeState, compile_state
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -190,6 +192,12 @@ def route_test(
         bool,
         typer.Option("--live", help="Use the running gateway's breaker and health state."),
     ] = False,
+    ai: Annotated[
+        bool,
+        typer.Option(
+            "--ai", help="Show the AI prompt; with an LLM configured, ask it and show the answer."
+        ),
+    ] = False,
     url: Annotated[
         str, typer.Option("--url", envvar="KAIROS_ADMIN_URL", help="Admin API, for --live.")
     ] = DEFAULT_ADMIN_URL,
@@ -234,22 +242,40 @@ def route_test(
         except LiveStateError as exc:
             _fail(f"✗ --live: {exc.message}", exc.exit_code)
 
+    state = compile_state(loaded)
+    body = data.encode() if data is not None else None
     plan = plan_request(
-        compile_state(loaded),
+        state,
         method.upper(),
         path,
         headers=headers,
         client_ip=ip,
         token=token,
-        body=data.encode() if data is not None else None,
+        body=body,
         host=host,
         states=backend_states,
+        prompt=ai,
     )
+    if ai:
+        plan = asyncio.run(_ask_live(state, plan, headers, body, backend_states))
     if as_json:
         _echo_json(plan.to_dict())
     else:
         print_dry_run(make_console(), plan, live_source=url if live else None)
     raise typer.Exit(EXIT_OK if plan.routable else EXIT_REJECTED)
+
+
+async def _ask_live(
+    state: RuntimeState,
+    plan: DryRun,
+    headers: list[tuple[str, str]],
+    body: bytes | None,
+    states: BackendStates | None,
+) -> DryRun:
+    try:
+        return await ask_live(state, plan, headers=headers, body=body, states=states)
+    finally:
+        await state.shared.ai.close()
 
 
 def _parse_header(value: str) -> tuple[str, str]:

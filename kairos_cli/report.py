@@ -325,6 +325,26 @@ def _print_ai(console: Console, plan: DryRun) -> None:
     if ai.fallback_backend_index is not None:
         _field(console, "fallback", f"backend {ai.fallback_backend_index}")
     _field(console, "note", ai.note)
+    if ai.source is not None:
+        pick = f"backend {ai.pick_index}" if ai.pick_index is not None else "no single backend"
+        _field(console, "offline", f"{pick} ({ai.source}): {ai.reason}")
+    if ai.prompt_user is not None:
+        _field(console, "prompt", "the exact messages an LLM would get:")
+        console.print(Text(f"    [system] {ai.prompt_system}", style="dim"))
+        for line in ai.prompt_user.splitlines():
+            console.print(Text(f"    {line}"))
+    if ai.live_latency_ms is not None:
+        if ai.live_error is not None:
+            _field(
+                console, "live", f"no usable answer in {ai.live_latency_ms:.0f} ms: {ai.live_error}"
+            )
+        else:
+            _field(
+                console,
+                "live",
+                f"the LLM chose backend {ai.live_index} in {ai.live_latency_ms:.0f} ms: "
+                f"{ai.live_reason}",
+            )
 
 
 def _num(value: float) -> str:

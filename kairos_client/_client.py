@@ -552,8 +552,10 @@ class KairosClient(_BaseClient):
         client_ip: str = "127.0.0.1",
         token: str | None = None,
         body: str | None = None,
+        ai: bool = False,
     ) -> RouteTest:
-        """``POST /api/route-test``: where would this request go now? Nothing is sent upstream.
+        """``POST /api/route-test``: where would this request go now? Nothing is sent upstream
+        (with ``ai``, an AI route's LLM is asked and the prompt and answer are in the report).
 
         >>> client.route_test("GET", "/api/users/7").upstream_url
         'http://127.0.0.1:9001/users/7'
@@ -565,6 +567,7 @@ class KairosClient(_BaseClient):
             client_ip=client_ip,
             token=token,
             body=body,
+            ai=ai,
         )
         return self._send(_Api.route_test(request))
 
@@ -766,6 +769,7 @@ class AsyncKairosClient(_BaseClient):
         client_ip: str = "127.0.0.1",
         token: str | None = None,
         body: str | None = None,
+        ai: bool = False,
     ) -> RouteTest:
         """See :meth:`KairosClient.route_test`."""
         request = RouteTestRequest(
@@ -775,6 +779,7 @@ class AsyncKairosClient(_BaseClient):
             client_ip=client_ip,
             token=token,
             body=body,
+            ai=ai,
         )
         return await self._send(_Api.route_test(request))
 

@@ -95,10 +95,31 @@ class BackendMetrics(_Wire):
     circuit: CircuitInfo
 
 
+class AiGroup(_Wire):
+    """Requests routed by one group of decisions, over the route's recent window."""
+
+    requests: int = 0
+    success_rate: float | None = None
+    p50_ms: float | None = None
+
+
+class AiRouteStats(_Wire):
+    """One AI route: requests the selector routed next to those a fallback routed, and, in
+    ``shadow`` mode, how often the selector agreed with the balancer."""
+
+    route: str
+    decisions: int = 0
+    selector: AiGroup = AiGroup()
+    fallback: AiGroup = AiGroup()
+    shadow_decisions: int = 0
+    shadow_agreement_rate: float | None = None
+
+
 class AiMetrics(_Wire):
     decisions_total: int = 0
     by_source: dict[str, int] = Field(default_factory=dict)
     shadow_agreement_rate: float | None = None
+    routes: list[AiRouteStats] = Field(default_factory=list)
 
 
 class MetricsSnapshot(_Wire):
@@ -198,16 +219,35 @@ class CircuitList(_Wire):
 
 
 class AiDecision(_Wire):
+    """One selector decision (``GET /api/ai/decisions``, ``ai_decision`` events).
+
+    ``source``: ``llm``, ``cache``, ``heuristic``, ``latency_prediction``, ``anomaly_detection``
+    or ``fallback:timeout|invalid|busy|error|pending``. ``status`` and ``upstream_ms`` are the
+    outcome of the request it routed; a ``shadow`` decision routed nothing and says which
+    backend the balancer used (``routed_backend``) and whether they ``agrees``.
+    """
+
+    id: int = 0
     time: float
     route: str
+    request_id: str | None = None
+    strategy: str = ""
+    mode: str = ""
     backend: str | None = None
+    index: int | None = None
     reason: str = ""
     source: str
     latency_ms: float = 0.0
+    shadow: bool = False
+    routed_backend: str | None = None
+    agrees: bool | None = None
+    status: int | None = None
+    upstream_ms: float | None = None
 
 
 class AiDecisionList(_Wire):
     decisions: list[AiDecision] = Field(default_factory=list)
+    routes: list[AiRouteStats] = Field(default_factory=list)
 
 
 class Event(_Wire):
@@ -228,6 +268,8 @@ class RouteTestRequest(_Wire):
     client_ip: str = "127.0.0.1"
     token: str | None = None
     body: str | None = None
+    ai: bool = False
+    """Also show the AI prompt and, when the route has an LLM, ask it (as ``route-test --ai``)."""
 
 
 class RouteTest(_Wire):

@@ -32,11 +32,14 @@ field names (``from_`` is ``from``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
-from kairos_core.ai.request import summarize
+from kairos_core.ai.prompt import InvalidAnswer
+from kairos_core.ai.providers import LlmError
+from kairos_core.ai.request import RequestSummary, summarize
 from kairos_core.ai.selector import AiRoute
 from kairos_core.auth import AuthError, Identity, identify
 from kairos_core.balancing import BackendRef, make_balancer
@@ -77,6 +80,7 @@ __all__ = [
     "RetryPlan",
     "StatusMapping",
     "TimeoutPlan",
+    "ask_live",
     "plan_request",
 ]
 
@@ -215,7 +219,8 @@ class AiPlan:
 
     ``provider`` is ``heuristic`` when no LLM serves (``note`` says why). ``source`` and
     ``reason`` are the offline decision (the heuristic, or the local strategy); ``prompt_*`` is
-    the exact prompt an LLM would get (``content_analysis`` only, when asked for).
+    the exact prompt an LLM would get (``content_analysis`` only, when asked for); ``live_*`` is
+    the LLM's answer to it and how long it took, or why there is none (:func:`ask_live`).
     """
 
     enabled: bool
@@ -233,6 +238,10 @@ class AiPlan:
     pick_index: int | None = None
     prompt_system: str | None = None
     prompt_user: str | None = None
+    live_index: int | None = None
+    live_reason: str | None = None
+    live_latency_ms: float | None = None
+    live_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,6 +377,44 @@ def plan_request(
             message=f"CORS preflight for {lookup_method} {path}: answered by the gateway",
         )
     return plan
+
+
+async def ask_live(
+    state: RuntimeState,
+    plan: DryRun,
+    *,
+    headers: Sequence[tuple[str, str]] = (),
+    body: bytes | None = None,
+    states: BackendStates | None = None,
+) -> DryRun:
+    """``plan`` with its AI route's LLM asked, live, the prompt it shows (``route-test --ai``)."""
+    route = state.routes.get(plan.route_id or "")
+    ai = route.ai if route is not None else None
+    if plan.ai_policy is None or route is None or ai is None or not ai.uses_llm:
+        return plan
+    states = states or SnapshotStates()
+    found = find_candidates(route.backends, route.fallback, states)
+    if isinstance(found, GatewayError) or found.pool != "backends":
+        return replace(plan, ai_policy=replace(plan.ai_policy, live_error=_found_error(found)))
+    request = _Request(
+        plan.method, plan.path, plan.query, headers, plan.host, plan.client_ip, None, body
+    )
+    summary = _ai_summary(route.route_id, ai, request)
+    started = time.perf_counter()
+    try:
+        answer = await state.shared.ai.ask(ai, summary, found, states)
+    except (LlmError, InvalidAnswer) as exc:
+        live = replace(plan.ai_policy, live_error=str(exc))
+    else:
+        live = replace(plan.ai_policy, live_index=answer.index, live_reason=answer.reason)
+    elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
+    return replace(plan, ai_policy=replace(live, live_latency_ms=elapsed_ms))
+
+
+def _found_error(found: Candidates | GatewayError) -> str:
+    if isinstance(found, GatewayError):
+        return f"no candidate to ask about: {found.error_type}"
+    return "the fallback pool serves: the selector is not asked"
 
 
 def _plan_route(
@@ -637,15 +684,7 @@ def _ai(
     )
     if ai is None or isinstance(found, GatewayError) or found.pool != "backends":
         return plan, None
-    summary = summarize(
-        route.route_id,
-        request.method,
-        request.path,
-        request.query,
-        request.headers,
-        request.body if ai.reads_body else None,
-        declared_bytes=_declared_bytes(request) or 0,
-    )
+    summary = _ai_summary(route.route_id, ai, request)
     preview = state.shared.ai.preview(ai, summary, found, states)
     plan = replace(
         plan,
@@ -656,6 +695,18 @@ def _ai(
         prompt_user=preview.prompt.user if prompt and preview.prompt else None,
     )
     return plan, None if ai.mode == "shadow" else preview.choice
+
+
+def _ai_summary(route_id: str, ai: AiRoute, request: _Request) -> RequestSummary:
+    return summarize(
+        route_id,
+        request.method,
+        request.path,
+        request.query,
+        request.headers,
+        request.body if ai.reads_body else None,
+        declared_bytes=_declared_bytes(request) or 0,
+    )
 
 
 def _ai_note(ai: AiRoute | None) -> str:

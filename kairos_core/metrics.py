@@ -273,6 +273,10 @@ class Metrics:
             window = self._backend_windows.setdefault(attempt.backend, _Window(WINDOW_SECONDS + 2))
             window.current(now).add(attempt.seconds * 1000, 0.0, False, self._rng)
 
+    def ai_decision(self, route: str, source: str, seconds: float) -> None:
+        self.ai_decisions.labels(route, source).inc()
+        self.ai_duration.observe(seconds)
+
     def transition(self, backend: str, old: str, new: str) -> None:
         self.circuit_transitions.labels(backend, old, new).inc()
 

@@ -40,10 +40,11 @@ from kairos_core.config.store import (
     with_route_removed,
     with_route_replaced,
 )
-from kairos_core.dryrun import plan_request
+from kairos_core.dryrun import ask_live, plan_request
 from kairos_core.errors import error_body
 from kairos_core.events import Event
 from kairos_core.metrics import HISTORY_SECONDS
+from kairos_gateway import wire
 from kairos_gateway.runtime import GatewayRuntime, VersionConflict
 
 PUBLIC_PATHS = frozenset({"/health", "/live", "/ready"})
@@ -209,6 +210,7 @@ class AdminApi:
             }
             for circuit in self.circuit_infos()
         ]
+        data["ai"] = wire.ai_metrics(shared.ai.log)
         return models.MetricsSnapshot.model_validate(data)
 
     async def history(self, request: Request) -> HTTPResponse:
@@ -464,7 +466,16 @@ class AdminApi:
             token=asked.token,
             body=asked.body.encode() if asked.body is not None else None,
             states=self.runtime.shared,
+            prompt=asked.ai,
         )
+        if asked.ai:
+            plan = await ask_live(
+                self.runtime.state,
+                plan,
+                headers=asked.headers,
+                body=asked.body.encode() if asked.body is not None else None,
+                states=self.runtime.shared,
+            )
         report = plan.to_dict()
         return reply(
             models.RouteTest(
@@ -478,7 +489,14 @@ class AdminApi:
         )
 
     async def ai_decisions(self, request: Request) -> HTTPResponse:
-        return reply(models.AiDecisionList(decisions=[]))
+        limit = _int_arg(request, "limit", 100, 1, 1000)
+        log = self.runtime.shared.ai.log
+        return reply(
+            models.AiDecisionList(
+                decisions=[wire.ai_decision(d) for d in log.recent(limit)],
+                routes=wire.ai_routes(log),
+            )
+        )
 
 
 def _sse(event: Event) -> str:

@@ -102,6 +102,7 @@ class GatewayRuntime:
         await asyncio.gather(*self._background, return_exceptions=True)
         if self.shared.health is not None:
             await self.shared.health.stop()
+        await self.shared.ai.close()
         await self.upstream.close()
 
     # --- config changes -----------------------------------------------------------------------
@@ -223,7 +224,10 @@ class GatewayRuntime:
                     log.exception("building the metrics snapshot failed")
 
     def _count_event(self, event: Event) -> None:
-        if event.type == "circuit":
+        if event.type == "ai_decision":
+            data = event.data
+            self.metrics.ai_decision(data["route"], data["source"], data["latency_ms"] / 1000)
+        elif event.type == "circuit":
             data = event.data
             self.metrics.transition(data["backend"], data["from"], data["to"])
             log.warning("circuit %s: %s -> %s", data["backend"], data["from"], data["to"])

@@ -4,9 +4,9 @@ It reads the request's masked text (:mod:`kairos_core.ai.request`) and each cand
 ``description`` and ``tags``, and scores every candidate. Rules:
 
 - **What the request needs.** Complexity starts at 0 and is clamped to [0, 1]: +0.5 for 4,000+
-  characters of text (+0.25 for 1,000+; -0.25 under 200), +0.2 per distinct reasoning marker
+  characters of text (+0.25 for 1,000+; -0.15 under 200), +0.25 per distinct reasoning marker
   (``explain``, ``step by step``, ``why``, ``prove``, ``analyze``, ``compare``, ...; at most
-  +0.6), +0.2 when the text looks like code (fences, ``def``, ``class``, ``function``,
+  +0.75), +0.2 when the text looks like code (fences, ``def``, ``class``, ``function``,
   ``import``, ``SELECT``, tracebacks), -0.3 per quick-answer marker (``quickly``, ``briefly``,
   ``tl;dr``, ``yes or no``, ``one word``, ...). A request is **deep** at complexity 0.5 or more,
   else **quick**; it **wants code** when it looks like code.
@@ -117,11 +117,11 @@ def needs(text: str, chars: int | None = None) -> Needs:
     chars = max(len(text), chars or 0)
     text = text[:SCAN_CHARS]
     lower = text.lower()
-    complexity = 0.5 if chars >= 4000 else 0.25 if chars >= 1000 else -0.25 if chars < 200 else 0
+    complexity = 0.5 if chars >= 4000 else 0.25 if chars >= 1000 else -0.15 if chars < 200 else 0
     reasoning = tuple(m for m in REASONING_MARKERS if _has(lower, m))
     quick = tuple(m for m in QUICK_MARKERS if m in lower)
     code = bool(_CODE.search(text))
-    complexity += min(0.2 * len(reasoning), 0.6) + (0.2 if code else 0.0) - 0.3 * len(quick)
+    complexity += min(0.25 * len(reasoning), 0.75) + (0.2 if code else 0.0) - 0.3 * len(quick)
     complexity = min(max(complexity, 0.0), 1.0)
     return Needs(complexity, complexity >= 0.5, code, chars, reasoning + quick)
 

@@ -58,6 +58,12 @@ PROVIDERS: Mapping[str, KnownProvider] = {
     "xai": KnownProvider("openai", "https://api.x.ai/v1", "XAI_API_KEY"),
     "perplexity": KnownProvider("openai", "https://api.perplexity.ai", "PERPLEXITY_API_KEY"),
     "cohere": KnownProvider("openai", "https://api.cohere.ai/compatibility/v1", "COHERE_API_KEY"),
+    "gemini": KnownProvider(
+        "openai", "https://generativelanguage.googleapis.com/v1beta/openai", "GEMINI_API_KEY"
+    ),
+    "deepseek": KnownProvider("openai", "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY"),
+    "together": KnownProvider("openai", "https://api.together.xyz/v1", "TOGETHER_API_KEY"),
+    "openrouter": KnownProvider("openai", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
     "ollama": KnownProvider("openai", "http://127.0.0.1:11434/v1", None),
 }
 PROVIDER_NAMES: tuple[str, ...] = (*PROVIDERS, "heuristic")

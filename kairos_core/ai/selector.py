@@ -425,7 +425,9 @@ def _fallback_choice(
 ) -> tuple[AiChoice | None, str]:
     """Heuristic → ``fallback_backend_index`` → balancer; the choice and which step made it."""
     pick = heuristic.choose(
-        summary.text, [(i, found.backends[i]) for i in found.indices], chars=summary.body_bytes
+        summary.text,
+        [(i, found.backends[i]) for i in found.indices],
+        chars=None if summary.previewed else summary.body_bytes,
     )
     if pick.index is not None or pick.among is not None:
         return AiChoice(pick.index, pick.among), f"heuristic: {pick.reason}"

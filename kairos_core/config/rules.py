@@ -11,13 +11,17 @@ needs a token, transformation regexes compile, ...). Warnings and recommendation
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import os
 import re
 from collections.abc import Iterator, Sequence
 
+from kairos_core.ai.providers import PROVIDER_NAMES, resolve
 from kairos_core.config.errors import ConfigIssue, Severity
 from kairos_core.config.models import (
     HTTP_METHODS,
+    AiPolicy,
     Backend,
     CircuitBreakerConfig,
     GatewayConfig,
@@ -93,6 +97,32 @@ def check_config(config: GatewayConfig) -> Iterator[ConfigIssue]:
         yield from _check_router_in_context(router, index, config)
     yield from _check_route_set(config.routers)
     yield from _check_transport_security(config.routers)
+
+
+def _check_ai_provider(policy: AiPolicy, at: str, config: GatewayConfig) -> Iterator[ConfigIssue]:
+    """Name the selector that will really serve: an unknown provider, or no LLM (no key, no
+    model), leaves the route to the offline heuristic; say so once, here."""
+    names = [p for p in (policy.provider, config.ai.provider if config.ai else None) if p]
+    for name in names[:1]:
+        if name not in PROVIDER_NAMES:
+            hint = difflib.get_close_matches(name, PROVIDER_NAMES, n=1)
+            yield ConfigIssue(
+                f"{at}.ai_policy.provider" if policy.provider else "ai.provider",
+                f"unknown AI provider {name!r}"
+                + (f"; did you mean {hint[0]!r}?" if hint else "")
+                + f" (known: {', '.join(PROVIDER_NAMES)})",
+                W,
+            )
+            return
+    if policy.strategy.kind != "content_analysis":
+        return
+    resolved = resolve(config.ai, policy, os.environ)
+    if not resolved.endpoints:
+        yield ConfigIssue(
+            f"{at}.ai_policy",
+            f"no LLM will serve this route ({resolved.note}): the offline heuristic selects",
+            W,
+        )
 
 
 def check_router_alone(router: Router, index: int) -> Iterator[ConfigIssue]:
@@ -400,6 +430,8 @@ def _check_router_in_context(
 ) -> Iterator[ConfigIssue]:
     if router.rate_limit is not None:
         yield from _check_rate_limit(router.rate_limit, f"routers[{index}].rate_limit", config)
+    if router.ai_policy is not None and router.ai_policy.enabled:
+        yield from _check_ai_provider(router.ai_policy, f"routers[{index}]", config)
 
 
 def _check_route_set(routers: Sequence[Router]) -> Iterator[ConfigIssue]:

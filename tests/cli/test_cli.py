@@ -446,7 +446,10 @@ def test_live_against_an_unreachable_gateway_exits_3(config: Path) -> None:
 
 
 @pytest.mark.parametrize("template", ["basic", "resilient", "ai"])
-def test_init_writes_a_config_that_validates(tmp_path: Path, template: str) -> None:
+def test_init_writes_a_config_that_validates(
+    tmp_path: Path, template: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment")  # else: "no LLM will serve"
     path = tmp_path / f"{template}.json"
     result = kairos("init", path, "--template", template)
     assert result.exit_code == 0
@@ -456,6 +459,18 @@ def test_init_writes_a_config_that_validates(tmp_path: Path, template: str) -> N
     assert validated.exit_code == 0, validated.stdout
     document = json.loads(validated.stdout)
     assert (document["errors"], document["warnings"]) == ([], [])
+
+
+def test_validate_says_when_no_llm_will_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    path = tmp_path / "ai.json"
+    kairos("init", path, "--template", "ai")
+    document = json.loads(kairos("validate", path, "--json").stdout)
+    (warning,) = document["warnings"]
+    assert warning["path"] == "routers[0].ai_policy"
+    assert "OPENAI_API_KEY" in warning["message"] and "offline heuristic" in warning["message"]
 
 
 def test_init_template_routes_users_to_the_local_backend(tmp_path: Path) -> None:
