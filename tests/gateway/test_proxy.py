@@ -836,3 +836,90 @@ def test_route_without_transformation_is_untouched(client: httpx.Client) -> None
     assert echoed["query"] == "api_key=k"
     assert header_values(echoed, "x-secret") == ["s"]
     assert "x-gateway" not in response.headers
+
+
+# --- hostile clients: duplicate singletons, spoofed addressing, underscores ---------------------
+
+
+@pytest.mark.parametrize(
+    "duplicate",
+    [
+        b"Authorization: Bearer a\r\nAuthorization: Bearer b",
+        b"Host: other.example",
+        b"Content-Length: 0\r\nContent-Length: 0",
+    ],
+    ids=["authorization", "host", "content-length"],
+)
+def test_a_repeated_singleton_header_is_400_and_never_forwarded(
+    stack: Stack, duplicate: bytes
+) -> None:
+    hits = stack.echo.hits()
+    request = (
+        b"GET /echo/dup HTTP/1.1\r\nHost: gw\r\n" + duplicate + b"\r\nConnection: close\r\n\r\n"
+    )
+
+    response = raw_exchange(stack.gateway.port, request)
+
+    assert_gateway_error(response, 400, "bad_request")
+    assert stack.echo.hits() == hits
+
+
+@pytest.mark.parametrize(
+    "length", [b"+5", b"0x5", b"\xef\xbc\x95", b"5, 5"], ids=["sign", "hex", "fullwidth", "list"]
+)
+def test_a_content_length_that_is_not_ascii_digits_is_400(stack: Stack, length: bytes) -> None:
+    hits = stack.echo.hits()
+    request = (
+        b"POST /echo/cl HTTP/1.1\r\nHost: gw\r\nContent-Length: " + length
+        + b"\r\nConnection: close\r\n\r\nhello"
+    )  # fmt: skip
+
+    response = raw_exchange(stack.gateway.port, request)
+
+    assert_gateway_error(response, 400, "bad_request")
+    assert stack.echo.hits() == hits
+
+
+def test_forwarded_and_x_real_ip_from_an_untrusted_client_are_replaced(
+    stack: Stack, client: httpx.Client
+) -> None:
+    spoofed = {"Forwarded": "for=203.0.113.7;proto=https", "X-Real-IP": "203.0.113.7"}
+
+    echoed = client.get("/echo/forwarded", headers=spoofed).json()
+
+    assert header_values(echoed, "x-real-ip") == ["127.0.0.1"]
+    assert header_values(echoed, "forwarded") == [
+        f'for=127.0.0.1;proto=http;host="127.0.0.1:{stack.gateway.port}"'
+    ]
+
+
+def test_forwarded_is_extended_behind_a_trusted_proxy(stack: Stack) -> None:
+    transport = httpx.HTTPTransport(local_address=TRUSTED_PROXY)
+    with httpx.Client(base_url=stack.gateway.url, transport=transport, trust_env=False) as c:
+        echoed = c.get(
+            "/echo/forwarded",
+            headers={"Forwarded": "for=203.0.113.7", "X-Forwarded-For": "203.0.113.7"},
+        ).json()
+
+    assert header_values(echoed, "x-real-ip") == ["203.0.113.7"]
+    (forwarded,) = header_values(echoed, "forwarded")
+    assert forwarded.startswith(f"for=203.0.113.7, for={TRUSTED_PROXY};proto=http")
+
+
+def test_forwarded_for_hops_that_are_not_addresses_are_skipped(stack: Stack) -> None:
+    transport = httpx.HTTPTransport(local_address=TRUSTED_PROXY)
+    with httpx.Client(base_url=stack.gateway.url, transport=transport, trust_env=False) as c:
+        echoed = c.get(
+            "/echo/xff-garbage", headers={"X-Forwarded-For": "203.0.113.9, unknown, <script>"}
+        ).json()
+
+    assert header_values(echoed, "x-real-ip") == ["203.0.113.9"]
+
+
+def test_header_names_with_underscores_are_dropped(client: httpx.Client) -> None:
+    echoed = client.get(
+        "/echo/underscores", headers={"X_Forwarded_For": "203.0.113.7", "X-Kept": "yes"}
+    ).json()
+
+    assert header_values(echoed, "x_forwarded_for") == []
+    assert header_values(echoed, "x-kept") == ["yes"]
