@@ -8,7 +8,12 @@ What it starts, all on loopback:
   aiohttp test upstream (then the direct numbers are the Python server's, and say so);
 - nginx as a reverse proxy in front of that backend (when installed), as the reference proxy;
 - Kairos with a *bare* route (no policies) and a *full* route (JWT, rate limit with a limit high
-  enough never to refuse, retry policy, circuit breaker, request and response transformations).
+  enough never to refuse, retry policy, circuit breaker, request and response transformations);
+- Kairos's AI selector (``kairos ai cached``: a ``content_analysis`` route whose LLM, the
+  stand-in of ``tests/support/llm.py``, has answered once: every request is decided from the
+  cache; ``kairos ai background``: ``background`` mode where every request is new, so each is
+  routed at once by the fallback order while LLM calls run off the request path), each reported
+  as a ratio to the bare route.
 
 Each round runs wrk (``wrk -t1 -cN -dS --latency``) against every target in turn, so slow drift
 of the machine hits all targets alike; the report gives the median over rounds of requests/s,
@@ -63,12 +68,36 @@ def parse_wrk(output: str) -> Result:
     return Result(rps, latency("50"), latency("99"))
 
 
-def run_wrk(url: str, seconds: int, connections: int, headers: dict[str, str]) -> Result:
+@dataclass(frozen=True)
+class Target:
+    url: str
+    headers: dict[str, str]
+    script: Path | None = None  # a wrk Lua script (POST bodies)
+
+
+CACHED_CHAT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"messages": [{"role": "user", "content": "What is the capital of France?"}]}'
+"""
+NEW_CHAT_EACH_TIME = """
+counter = 0
+request = function()
+  counter = counter + 1
+  local body = '{"messages": [{"role": "user", "content": "question ' .. counter .. '"}]}'
+  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, body)
+end
+"""
+
+
+def run_wrk(target: Target, seconds: int, connections: int) -> Result:
     args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
-    for name, value in headers.items():
+    for name, value in target.headers.items():
         args += ["-H", f"{name}: {value}"]
-    output = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
-    return parse_wrk(output)
+    if target.script is not None:
+        args += ["-s", str(target.script)]
+    output = subprocess.run([*args, target.url], capture_output=True, text=True, check=True)
+    return parse_wrk(output.stdout)
 
 
 def start_nginx(workdir: Path, backend_port: int | None, port: int) -> ManagedProcess:
@@ -119,14 +148,32 @@ def start_nginx(workdir: Path, backend_port: int | None, port: int) -> ManagedPr
     return process
 
 
-def kairos_config(backend_port: int, port: int, admin_port: int) -> dict[str, object]:
+def kairos_config(backend_port: int, port: int, admin_port: int, llm_url: str) -> dict[str, object]:
     backend = {"host": "http://127.0.0.1", "port": backend_port}
+    tiers = [{**backend, "tags": ["instant"]}, {**backend, "tags": ["thinking"], "weight": 1}]
     return {
         "version": 1,
         "server": {"host": "127.0.0.1", "port": port},
         "admin": {"host": "127.0.0.1", "port": admin_port},
         "jwt": {"secret": SECRET, "required_claims": ["sub"]},
+        "ai": {"provider": "openai", "model": "stand-in", "base_url": f"{llm_url}/v1"},
         "routers": [
+            {
+                "name": "ai-cached",
+                "backends": tiers,
+                "external_path": "/ai/cached",
+                "internal_path": "/",
+                "methods": ["POST"],
+                "ai_policy": {"cache_ttl_s": 3600},
+            },
+            {
+                "name": "ai-background",
+                "backends": tiers,
+                "external_path": "/ai/background",
+                "internal_path": "/",
+                "methods": ["POST"],
+                "ai_policy": {"mode": "background"},
+            },
             {
                 "name": "bare",
                 "backends": [backend],
@@ -198,17 +245,24 @@ def main() -> None:
             processes.append(upstream)
             wait_for_port("127.0.0.1", backend_port, 10, process=upstream)
             backend_kind = "aiohttp test upstream"
-        targets: dict[str, tuple[str, dict[str, str]]] = {
-            "direct": (f"http://127.0.0.1:{backend_port}/", {}),
-        }
+        targets: dict[str, Target] = {"direct": Target(f"http://127.0.0.1:{backend_port}/", {})}
         if has_nginx:
             proxy_port = free_port()
             processes.append(start_nginx(workdir, backend_port, proxy_port))
-            targets["nginx proxy"] = (f"http://127.0.0.1:{proxy_port}/", {})
+            targets["nginx proxy"] = Target(f"http://127.0.0.1:{proxy_port}/", {})
 
+        llm_port = free_port()
+        llm = ManagedProcess(
+            [sys.executable, "-m", "tests.support.llm", "--port", str(llm_port)],
+            name="llm-stand-in",
+            cwd=ROOT,
+        ).start()
+        processes.append(llm)
+        wait_for_port("127.0.0.1", llm_port, 10, process=llm)
+        llm_url = f"http://127.0.0.1:{llm_port}"
         port, admin_port = free_port(), free_port()
         config_path = workdir / "config.json"
-        config_path.write_text(json.dumps(kairos_config(backend_port, port, admin_port)))
+        config_path.write_text(json.dumps(kairos_config(backend_port, port, admin_port, llm_url)))
         gateway = ManagedProcess(
             [sys.executable, "-m", "kairos_gateway", str(config_path), "--log-level", "warning"],
             name="kairos",
@@ -218,12 +272,12 @@ def main() -> None:
         processes.append(gateway)
         wait_for_port("127.0.0.1", port, 20, process=gateway)
         token = pyjwt.encode({"sub": "bench", "exp": time.time() + 3600}, SECRET, "HS256")
-        targets["kairos bare"] = (f"http://127.0.0.1:{port}/bare", {})
+        targets["kairos bare"] = Target(f"http://127.0.0.1:{port}/bare", {})
         if args.aiohttp:
             other_port, other_admin = free_port(), free_port()
             other_config = workdir / "config-aiohttp.json"
             other_config.write_text(
-                json.dumps(kairos_config(backend_port, other_port, other_admin))
+                json.dumps(kairos_config(backend_port, other_port, other_admin, llm_url))
             )
             other = ManagedProcess(
                 [sys.executable, "-m", "kairos_gateway", str(other_config), "--log-level",
@@ -234,18 +288,26 @@ def main() -> None:
             ).start()  # fmt: skip
             processes.append(other)
             wait_for_port("127.0.0.1", other_port, 20, process=other)
-            targets["kairos bare (aiohttp client)"] = (f"http://127.0.0.1:{other_port}/bare", {})
-        targets["kairos full"] = (
-            f"http://127.0.0.1:{port}/full/7",
-            {"Authorization": f"Bearer {token}"},
+            targets["kairos bare (aiohttp client)"] = Target(
+                f"http://127.0.0.1:{other_port}/bare", {}
+            )
+        targets["kairos full"] = Target(
+            f"http://127.0.0.1:{port}/full/7", {"Authorization": f"Bearer {token}"}
+        )
+        cached, fresh = workdir / "cached.lua", workdir / "fresh.lua"
+        cached.write_text(CACHED_CHAT)
+        fresh.write_text(NEW_CHAT_EACH_TIME)
+        targets["kairos ai cached"] = Target(f"http://127.0.0.1:{port}/ai/cached", {}, cached)
+        targets["kairos ai background"] = Target(
+            f"http://127.0.0.1:{port}/ai/background", {}, fresh
         )
 
-        for url, headers in targets.values():  # warm up connections and code paths
-            run_wrk(url, 1, args.connections, headers)
+        for target in targets.values():  # warm up connections, code paths and the AI cache
+            run_wrk(target, 1, args.connections)
         results: dict[str, list[Result]] = {name: [] for name in targets}
         for round_number in range(1, args.rounds + 1):
-            for name, (url, headers) in targets.items():
-                result = run_wrk(url, args.duration, args.connections, headers)
+            for name, target in targets.items():
+                result = run_wrk(target, args.duration, args.connections)
                 results[name].append(result)
                 print(
                     f"round {round_number} {name:28s} {result.rps:10.0f} req/s  "
@@ -285,9 +347,9 @@ def report(
         nginx = medians["nginx proxy"]
         for name in ("kairos bare", "kairos full"):
             print(f"{name} / nginx proxy throughput: {medians[name].rps / nginx.rps:.2f}")
-    print(
-        f"kairos bare / kairos full: {medians['kairos full'].rps / medians['kairos bare'].rps:.2f}"
-    )
+    bare = medians["kairos bare"].rps
+    for name in ("kairos full", "kairos ai cached", "kairos ai background"):
+        print(f"{name} / kairos bare throughput: {medians[name].rps / bare:.2f}")
     print(f"gateway RSS after the run: {rss:.1f} MiB")
     if args.json:
         print(json.dumps({name: vars(result) for name, result in medians.items()}))
