@@ -9,21 +9,28 @@ Rules (the same contract as :class:`~kairos_core.upstream.AiohttpUpstream`):
 - one pool of idle keep-alive connections per origin, used last-in first-out; a connection goes
   back to the pool only after its response was read to the end and both sides agreed to keep it
   alive; idle connections older than ``IDLE_TIMEOUT_S`` (4 s, below the usual 5 s server
-  keep-alive) are closed from the old end at every take and return, and at most
-  ``MAX_IDLE_PER_ORIGIN`` (256) stay open per origin;
+  keep-alive) are closed from the old end at every take and return (the oldest is checked, no
+  scan), and at most ``MAX_IDLE_PER_ORIGIN`` (256) stay open per origin;
 - the request target is sent exactly as given (already percent-encoded); ``Host`` is the
   backend's unless the caller set one; a bytes body gets ``Content-Length``, a stream is sent
   with the caller's ``Content-Length`` or chunked;
 - ``connect_timeout_s`` bounds the TCP (and TLS) connect, ``read_timeout_s`` the wait for the
   response head, every gap between body chunks, and every stall while writing the request body
   to a backend that does not read it;
+- a response head (status line and headers) larger than the request's ``max_head_bytes`` is
+  ``invalid`` and the connection is dropped: a backend cannot make the gateway buffer and relay
+  an unbounded head;
 - a response without Content-Length or chunked encoding ends when the server closes;
 - the response body streams with backpressure: the socket stops being read while more than
-  ``HIGH_WATER_BYTES`` wait to be consumed;
+  ``HIGH_WATER_BYTES`` wait to be consumed; a body that has fully arrived is handed over whole
+  by :meth:`read` without waiting;
 - a pooled connection the server has closed is noticed (its close was read) and dropped before
   reuse; a request is never sent twice by the client itself: a connection that dies under a
   request is ``reset``, and only the route's retry policy may try again;
 - failures are :class:`~kairos_core.upstream.UpstreamError` with the same kinds.
+
+Each connection keeps one parser for all its responses (a HEAD request gets a fresh one: its
+answer announces a body that never comes), and each origin is parsed once.
 """
 
 from __future__ import annotations
@@ -33,8 +40,8 @@ import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import cast
-from urllib.parse import SplitResult, urlsplit
 
 import httptools
 
@@ -52,6 +59,15 @@ MAX_IDLE_PER_ORIGIN = 256
 HIGH_WATER_BYTES = 256 * 1024
 LOW_WATER_BYTES = 64 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
+_MAX_ORIGINS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    host: str
+    port: int
+    tls: bool
+    netloc: str
 
 
 class _Connection(asyncio.Protocol):
@@ -63,11 +79,15 @@ class _Connection(asyncio.Protocol):
         self.idle_since = time.monotonic()
         self._loop = asyncio.get_running_loop()
         self._parser: httptools.HttpResponseParser | None = None
+        self._parsing = False
+        self._method = "GET"
         self._head: asyncio.Future[None] | None = None
         self._headers: list[tuple[str, str]] = []
+        self._head_bytes = 0
+        self._max_head_bytes = 0
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
-        self._body_event = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self._complete = False
         self._error: BaseException | None = None
         self._paused = False
@@ -82,7 +102,7 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
-        if self._parser is None:  # bytes nobody asked for: the connection is unusable
+        if not self._parsing or self._parser is None:  # bytes nobody asked for: unusable
             self.abort()
             return
         try:
@@ -101,11 +121,12 @@ class _Connection(asyncio.Protocol):
         head_done = (
             head is not None and head.done() and not head.cancelled() and head.exception() is None
         )
-        if not self._complete and head_done and self._close_delimited and exc is None:
-            self._complete = True
-            self._body_event.set()
-        elif not self._complete:
-            self._fail(UpstreamError("reset", "upstream closed the connection", sent=True))
+        if self._parsing and not self._complete:
+            if head_done and self._close_delimited and exc is None:
+                self._complete = True
+                self._wake()
+            else:
+                self._fail(UpstreamError("reset", "upstream closed the connection", sent=True))
         if self._drain is not None and not self._drain.done():
             self._drain.set_exception(ConnectionResetError("connection lost while writing"))
 
@@ -119,7 +140,11 @@ class _Connection(asyncio.Protocol):
 
     # --- httptools callbacks ------------------------------------------------------------------
 
+    def on_status(self, status: bytes) -> None:
+        self._count_head(len(status) + 15)
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
@@ -127,6 +152,7 @@ class _Connection(asyncio.Protocol):
         self.status = self._parser.get_status_code()
         if 100 <= self.status < 200:  # interim answer (100 Continue): wait for the real one
             self._headers = []
+            self._head_bytes = 0
             return
         self.keep_alive = self._parser.should_keep_alive()
         framed = any(n.lower() in ("content-length", "transfer-encoding") for n, _ in self._headers)
@@ -137,7 +163,7 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._chunks.append(body)
         self._buffered += len(body)
-        self._body_event.set()
+        self._wake()
         if self._buffered > HIGH_WATER_BYTES and not self._paused and self.transport:
             self._paused = True
             self.transport.pause_reading()
@@ -146,23 +172,27 @@ class _Connection(asyncio.Protocol):
         if 100 <= self.status < 200:
             return
         self._complete = True
-        self._body_event.set()
+        self._parsing = False
+        self._wake()
 
     # --- use ----------------------------------------------------------------------------------
 
-    def begin(self, method: str) -> asyncio.Future[None]:
+    def begin(self, method: str, max_head_bytes: int) -> asyncio.Future[None]:
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
-        self._parser = httptools.HttpResponseParser(self)
-        if method == "HEAD":
-            self._parser.set_dangerous_leniencies(lenient_keep_alive=True)
+        if self._parser is None or method == "HEAD" or self._method == "HEAD":
+            self._parser = httptools.HttpResponseParser(self)
+            if method == "HEAD":
+                self._parser.set_dangerous_leniencies(lenient_keep_alive=True)
         self._method = method
+        self._parsing = True
+        self._max_head_bytes = max_head_bytes
+        self._head_bytes = 0
         self._head = self._loop.create_future()
         self._headers = []
         self._chunks.clear()
         self._buffered = 0
-        self._body_event.clear()
         self._complete = False
         self._error = None
         return self._head
@@ -191,20 +221,31 @@ class _Connection(asyncio.Protocol):
                 raise self._error
             if self._complete:
                 return None
-            self._body_event.clear()
+            self._waiter = self._loop.create_future()
             try:
                 async with asyncio.timeout(timeout_s):
-                    await self._body_event.wait()
+                    await self._waiter
             except TimeoutError as exc:
                 raise UpstreamError(
                     "timeout", "upstream stopped sending the body", sent=True
                 ) from exc
+            finally:
+                self._waiter = None
         chunk = self._chunks.popleft()
         self._buffered -= len(chunk)
         if self._paused and self._buffered < LOW_WATER_BYTES and self.transport:
             self._paused = False
             self.transport.resume_reading()
         return chunk
+
+    def take_complete_body(self) -> bytes | None:
+        """The whole body if it has arrived (no wait), else None."""
+        if not self._complete or self._error is not None:
+            return None
+        body = b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        return body
 
     @property
     def finished(self) -> bool:
@@ -215,16 +256,31 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self._max_head_bytes:
+            limit = self._max_head_bytes
+            self._fail(UpstreamError("invalid", f"upstream head over {limit} bytes", sent=True))
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def _fail(self, error: BaseException) -> None:
+        if self._error is not None:
+            return
         self._error = error
         if self._head is not None and not self._head.done():
             self._head.set_exception(error)
             self._head.exception()  # retrieved here: a cancelled sender never awaits it
-        self._body_event.set()
+        self._wake()
         self.abort()
 
 
 class _H1Response:
+    __slots__ = ("_client", "_conn", "_done", "_origin", "_timeout_s", "headers", "status")
+
     def __init__(self, client: H1Upstream, origin: str, conn: _Connection, timeout_s: float):
         self._client = client
         self._origin = origin
@@ -242,6 +298,17 @@ class _H1Response:
             if chunk is None:
                 return
             yield chunk
+
+    async def read(self) -> bytes:
+        if self._conn.head_complete_without_body():
+            return b""
+        whole = self._conn.take_complete_body()
+        if whole is not None:
+            return whole
+        parts = []
+        while (chunk := await self._conn.next_chunk(self._timeout_s)) is not None:
+            parts.append(chunk)
+        return b"".join(parts)
 
     async def close(self) -> None:
         if self._done:
@@ -264,18 +331,15 @@ class H1Upstream:
 
     def __init__(self) -> None:
         self._idle: dict[str, deque[_Connection]] = {}
+        self._origins: dict[str, _Origin] = {}
         self._websockets = AiohttpUpstream()
         self._tls = ssl.create_default_context()
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        parts = urlsplit(request.url)
-        origin = f"{parts.scheme}://{parts.netloc}"
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
-        head, body = _serialize(request, parts.netloc, target)
-        conn = await self._acquire(origin, parts, request.connect_timeout_s)
-        head_ready = conn.begin(request.method)
+        origin = self._origin(request.origin)
+        head, body = _serialize(request, origin.netloc)
+        conn = await self._acquire(request.origin, origin, request.connect_timeout_s)
+        head_ready = conn.begin(request.method, request.max_head_bytes)
         try:
             await self._write(conn, head, body, request.read_timeout_s)
             async with asyncio.timeout(request.read_timeout_s):
@@ -291,7 +355,7 @@ class H1Upstream:
         except BaseException:
             conn.abort()
             raise
-        return _H1Response(self, origin, conn, request.read_timeout_s)
+        return _H1Response(self, request.origin, conn, request.read_timeout_s)
 
     async def connect_websocket(
         self, url: str, headers: Headers, protocols: Sequence[str], connect_timeout_s: float
@@ -307,46 +371,53 @@ class H1Upstream:
 
     # --- pool -------------------------------------------------------------------------------------
 
-    async def _acquire(
-        self, origin: str, parts: SplitResult, connect_timeout_s: float
-    ) -> _Connection:
-        pool = self._idle.get(origin)
-        now = time.monotonic()
-        if pool:
-            _evict_stale(pool, now)
-        while pool:
-            conn = pool.pop()
-            alive = (
-                not conn.closed and conn.transport is not None and not conn.transport.is_closing()
-            )
-            if alive and now - conn.idle_since < IDLE_TIMEOUT_S:
-                return conn
-            conn.abort()
-        return await self._connect(parts, connect_timeout_s)
+    def _origin(self, origin: str) -> _Origin:
+        parsed = self._origins.get(origin)
+        if parsed is None:
+            if len(self._origins) >= _MAX_ORIGINS:
+                self._origins.clear()
+            parsed = self._origins[origin] = _parse_origin(origin)
+        return parsed
 
-    def _release(self, origin: str, conn: _Connection) -> None:
-        conn.idle_since = time.monotonic()
-        pool = self._idle.setdefault(origin, deque())
+    async def _acquire(self, key: str, origin: _Origin, connect_timeout_s: float) -> _Connection:
+        pool = self._idle.get(key)
+        if pool:
+            now = time.monotonic()
+            _evict_stale(pool, now)
+            while pool:
+                conn = pool.pop()
+                transport = conn.transport
+                if not conn.closed and transport is not None and not transport.is_closing():
+                    return conn
+                conn.abort()
+        return await self._connect(origin, connect_timeout_s)
+
+    def _release(self, key: str, conn: _Connection) -> None:
+        conn.idle_since = now = time.monotonic()
+        pool = self._idle.get(key)
+        if pool is None:
+            pool = self._idle[key] = deque()
         pool.append(conn)
-        _evict_stale(pool, conn.idle_since)
-        while len(pool) > MAX_IDLE_PER_ORIGIN:
+        _evict_stale(pool, now)
+        if len(pool) > MAX_IDLE_PER_ORIGIN:
             pool.popleft().abort()
 
-    async def _connect(self, parts: SplitResult, timeout_s: float) -> _Connection:
-        scheme = parts.scheme
-        host = parts.hostname or ""
-        port = parts.port or (443 if scheme == "https" else 80)
-        tls = self._tls if scheme == "https" else None
+    async def _connect(self, origin: _Origin, timeout_s: float) -> _Connection:
+        tls = self._tls if origin.tls else None
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout_s):
                 _, conn = await loop.create_connection(
-                    _Connection, host, port, ssl=tls, server_hostname=host if tls else None
+                    _Connection,
+                    origin.host,
+                    origin.port,
+                    ssl=tls,
+                    server_hostname=origin.host if tls else None,
                 )
         except TimeoutError as exc:
             raise UpstreamError("connect", "upstream connect timed out", sent=False) from exc
         except OSError as exc:
-            message = f"cannot connect to upstream {host}:{port}: {exc.strerror or exc}"
+            message = f"cannot connect to upstream {origin.netloc}: {exc.strerror or exc}"
             raise UpstreamError("connect", message, sent=False) from exc
         return conn
 
@@ -371,6 +442,21 @@ class H1Upstream:
             await conn.write(b"0\r\n\r\n", stall_s)
 
 
+def _parse_origin(origin: str) -> _Origin:
+    scheme, _, netloc = origin.partition("://")
+    tls = scheme.lower() in ("https", "wss")
+    host, port = netloc, 443 if tls else 80
+    if netloc.startswith("["):  # [IPv6]:port
+        end = netloc.index("]")
+        host, rest = netloc[1:end], netloc[end + 1 :]
+        if rest.startswith(":"):
+            port = int(rest[1:])
+    elif ":" in netloc:
+        host, _, raw_port = netloc.rpartition(":")
+        port = int(raw_port)
+    return _Origin(host, port, tls, netloc)
+
+
 def _evict_stale(pool: deque[_Connection], now: float) -> None:
     """Close idle connections from the oldest end (the pool is used last-in, first-out)."""
     while pool and (pool[0].closed or now - pool[0].idle_since >= IDLE_TIMEOUT_S):
@@ -382,17 +468,18 @@ def _is_stream(body: object) -> bool:
 
 
 def _serialize(
-    request: UpstreamRequest, netloc: str, target: str
+    request: UpstreamRequest, netloc: str
 ) -> tuple[bytes, bytes | AsyncIterable[bytes] | None]:
-    lines = [f"{request.method} {target} HTTP/1.1"]
+    lines = [f"{request.method} {request.target} HTTP/1.1"]
     has_host = has_length = False
+    stream = _is_stream(request.body)
     for name, value in request.headers:
         lower = name.lower()
         if lower == "host":
             has_host = True
         elif lower == "content-length":
             has_length = True
-            if not _is_stream(request.body):
+            if not stream:
                 continue  # recomputed below from the bytes actually sent
         elif lower == "transfer-encoding":
             continue

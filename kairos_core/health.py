@@ -93,7 +93,7 @@ class HealthChecker:
 
     async def _probe(self, url: str) -> str | None:
         timeout_s = self._config.timeout_ms / 1000
-        request = UpstreamRequest(
+        request = UpstreamRequest.for_url(
             "GET", url, [("User-Agent", "kairos-health")], None, timeout_s, timeout_s
         )
         try:

@@ -464,14 +464,15 @@ class Pipeline:
             )
         )
         headers.append(("X-Request-ID", ctx.record.request_id))
-        url = f"{_origin(backend)}{path}" + (f"?{query}" if query else "")
         return UpstreamRequest(
             method=request.method,
-            url=url,
+            origin=backend.key,
+            target=f"{path}?{query}" if query else path,
             headers=headers,
             body=body,
             connect_timeout_s=server.connect_timeout_ms / 1000,
             read_timeout_s=route.timeout_ms / 1000,
+            max_head_bytes=server.max_upstream_header_bytes,
         )
 
     async def _attempt(
@@ -622,7 +623,8 @@ class Pipeline:
         small = length is not None and length.isdigit() and int(length) <= BUFFER_BODY_BYTES
         if small and ctx.request.method != "HEAD":
             try:
-                body = b"".join([chunk async for chunk in _relay(response, ctx.record)])
+                body = await response.read()
+                ctx.record.bytes_sent = len(body)
             except UpstreamError as exc:
                 kind: ErrorType = "timeout" if exc.kind == "timeout" else "upstream"
                 raise GatewayError(kind, exc.message) from exc
@@ -698,6 +700,9 @@ class _Released:
 
     def iter_chunks(self) -> AsyncIterator[bytes]:
         return self._response.iter_chunks()
+
+    async def read(self) -> bytes:
+        return await self._response.read()
 
     async def close(self) -> None:
         try:
@@ -784,10 +789,6 @@ def _require_upgrade(ctx: _Context) -> None:
 def _websocket_url(url: str) -> str:
     scheme, rest = url.split("://", 1)
     return ("wss" if scheme in ("https", "wss") else "ws") + "://" + rest
-
-
-def _origin(backend: Backend) -> str:
-    return f"{backend.host.rstrip('/')}:{backend.port}"
 
 
 def _deadline(route: CompiledRoute) -> float | None:

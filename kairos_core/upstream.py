@@ -9,7 +9,8 @@ Rules of :class:`AiohttpUpstream`:
 - one pooled ``ClientSession`` per worker: keep-alive connections are reused, no cookie jar, no
   automatic decompression (bytes pass through untouched), no redirects followed, no default
   ``User-Agent`` / ``Accept-Encoding`` added;
-- the URL is sent exactly as given (already percent-encoded by the router);
+- the URL is sent exactly as given (already percent-encoded by the router); a response head
+  larger than the request's ``max_head_bytes`` is ``invalid``;
 - ``connect_timeout_s`` bounds the TCP (and TLS) connect; ``read_timeout_s`` bounds the wait for
   the response head and every later gap between body chunks (so a long SSE stream lives as long
   as it keeps talking);
@@ -47,25 +48,56 @@ class UpstreamError(Exception):
         self.sent = sent
 
 
+MAX_HEAD_BYTES = 60 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamRequest:
-    """What to send: method, full URL (encoded), headers, and the body (bytes or a stream)."""
+    """What to send: method, where (``origin`` ``scheme://host:port`` and the encoded request
+    ``target`` ``/path?query``, kept apart so no URL is built and parsed again), headers, the
+    body (bytes or a stream), the timeouts, and the largest response head accepted."""
 
     method: str
-    url: str
+    origin: str
+    target: str
     headers: Headers
     body: bytes | AsyncIterable[bytes] | None
     connect_timeout_s: float
     read_timeout_s: float
+    max_head_bytes: int = MAX_HEAD_BYTES
+
+    @property
+    def url(self) -> str:
+        return self.origin + self.target
+
+    @classmethod
+    def for_url(
+        cls,
+        method: str,
+        url: str,
+        headers: Headers,
+        body: bytes | AsyncIterable[bytes] | None,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+    ) -> UpstreamRequest:
+        """A request to a whole URL (``scheme://host:port/path?query``)."""
+        scheme, _, rest = url.partition("://")
+        authority, slash, path = rest.partition("/")
+        origin = f"{scheme}://{authority}"
+        return cls(method, origin, slash + path or "/", headers, body, connect_timeout_s,
+                   read_timeout_s)  # fmt: skip
 
 
 class UpstreamResponse(Protocol):
-    """A response whose head has arrived; the body is read with :meth:`iter_chunks`."""
+    """A response whose head has arrived; the body is read with :meth:`iter_chunks`, or whole
+    with :meth:`read` (for bodies known to be small)."""
 
     status: int
     headers: list[tuple[str, str]]
 
     def iter_chunks(self) -> AsyncIterator[bytes]: ...
+
+    async def read(self) -> bytes: ...
 
     async def close(self) -> None: ...
 
@@ -124,6 +156,9 @@ class _AiohttpResponse:
         except aiohttp.ClientError as exc:
             raise UpstreamError("reset", f"upstream connection lost: {exc}", sent=True) from exc
 
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.iter_chunks()])
+
     async def close(self) -> None:
         if not self._response.content.at_eof():
             self._response.close()  # unfinished body: drop the connection, never reuse it
@@ -146,6 +181,8 @@ class AiohttpUpstream:
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=False,
+                max_line_size=MAX_HEAD_BYTES,
+                max_field_size=MAX_HEAD_BYTES,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=aiohttp.ClientTimeout(total=None),
             )

@@ -20,6 +20,7 @@ import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
 from typing import Any, Literal
 
 import pytest
@@ -199,7 +200,9 @@ def upstream_request(
     connect_timeout_s: float = CONNECT_TIMEOUT_S,
     read_timeout_s: float = READ_TIMEOUT_S,
 ) -> UpstreamRequest:
-    return UpstreamRequest(method, url, headers or [], body, connect_timeout_s, read_timeout_s)
+    return UpstreamRequest.for_url(
+        method, url, headers or [], body, connect_timeout_s, read_timeout_s
+    )
 
 
 async def read_body(response: UpstreamResponse) -> bytes:
@@ -846,3 +849,40 @@ async def test_h1_taking_a_connection_evicts_the_stale_ones_behind_it(
 
         assert body == b"ok"
         assert live.open == 0, "the take left stale idle connections open behind the fresh one"
+
+
+async def test_h1_a_response_head_over_max_head_bytes_is_invalid(h1: H1Upstream) -> None:
+    big = b"HTTP/1.1 200 OK\r\nX-Big: " + b"x" * 70_000 + b"\r\nContent-Length: 2\r\n\r\nok"
+
+    async with RawServer(keep_alive_server(lambda head: big)) as server:
+        with pytest.raises(UpstreamError) as raised:
+            await h1.send(upstream_request(server.url))
+        fits = UpstreamRequest.for_url("GET", server.url, [], None, 2, 2)
+        response = await h1.send(replace(fits, max_head_bytes=128 * 1024))
+        assert await read_body(response) == b"ok"
+
+    assert raised.value.kind == "invalid" and "head over 61440 bytes" in raised.value.message
+
+
+async def test_h1_one_parser_serves_every_response_of_a_connection(h1: H1Upstream) -> None:
+    async with RawServer(keep_alive_server(lambda head: OK_RESPONSE)) as server:
+        first = await h1.send(upstream_request(server.url))
+        parser = first._conn._parser  # type: ignore[attr-defined]
+        assert await read_body(first) == b"ok"
+        for _ in range(3):
+            again = await h1.send(upstream_request(server.url))
+            assert again._conn._parser is parser  # type: ignore[attr-defined]
+            assert await read_body(again) == b"ok"
+
+    assert server.connections == 1
+
+
+async def test_h1_a_body_that_has_arrived_is_read_whole_at_once(h1: H1Upstream) -> None:
+    async with RawServer(keep_alive_server(lambda head: OK_RESPONSE)) as server:
+        response = await h1.send(upstream_request(server.url))
+        await asyncio.sleep(0.05)  # the body is in by now
+        assert response._conn.take_complete_body() == b"ok"  # type: ignore[attr-defined]
+        await response.close()
+        response = await h1.send(upstream_request(server.url))
+        assert await response.read() == b"ok"
+        await response.close()

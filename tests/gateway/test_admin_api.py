@@ -741,7 +741,7 @@ def test_ai_decisions_is_an_empty_list(admin: httpx.Client) -> None:
     for params in ({}, {"limit": 5}):
         response = admin.get("/api/ai/decisions", params=params)
         assert response.status_code == 200, response.text
-        assert response.json() == {"decisions": []}
+        assert response.json() == {"decisions": [], "routes": []}
 
 
 # --- admin token ----------------------------------------------------------------------------------

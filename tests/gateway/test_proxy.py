@@ -112,6 +112,7 @@ def _config(
             route("/no-content-type", "/x", [canned["no_content_type"]]),
             route("/truncated", "/x", [canned["truncated"]]),
             route("/stalled", "/x", [canned["stalled"]], timeout_ms=TIMEOUT_MS),
+            route("/big-head", "/x", [canned["big_head"]]),
             route(
                 "/tx/{*rest}",
                 "/old/{*rest}",
@@ -189,6 +190,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 exit_stack,
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
                 stall_s=3.0,
+            ),
+            "big_head": _canned(
+                exit_stack,
+                b"HTTP/1.1 200 OK\r\n"
+                + b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 1000) for i in range(1024))
+                + b"Content-Length: 2\r\n\r\nok",
             ),
         }
         dead = f"http://127.0.0.1:{free_port()}"
@@ -923,3 +930,11 @@ def test_header_names_with_underscores_are_dropped(client: httpx.Client) -> None
 
     assert header_values(echoed, "x_forwarded_for") == []
     assert header_values(echoed, "x-kept") == ["yes"]
+
+
+def test_an_upstream_head_over_max_upstream_header_bytes_is_502(client: httpx.Client) -> None:
+    response = client.get("/big-head")
+
+    body = assert_gateway_error(response, 502, "upstream")
+    assert "head over" in body["error"]
+    assert not any(name.lower().startswith("x-pad") for name in response.headers)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from kairos_core.upstream import ErrorKind, UpstreamError, UpstreamRequest
 from kairos_core.websocket import UpstreamWebSocket
@@ -46,6 +45,9 @@ class MemoryResponse:
         if self._body:
             yield self._body
 
+    async def read(self) -> bytes:
+        return self._body
+
     async def close(self) -> None:
         self.closed = True
 
@@ -61,12 +63,8 @@ class MemoryUpstream:
         self.calls: list[Call] = []
 
     async def send(self, request: UpstreamRequest) -> MemoryResponse:
-        parts = urlsplit(request.url)
         body = await _read(request.body)
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
-        call = Call(
-            request.method, f"{parts.scheme}://{parts.netloc}", target, list(request.headers), body
-        )
+        call = Call(request.method, request.origin, request.target, list(request.headers), body)
         self.calls.append(call)
         reply = self.script(call)
         if reply.delay_s:
