@@ -15,6 +15,13 @@ Counting rules:
   history keeps one point per second for ``HISTORY_SECONDS`` (20 minutes). Per-second latency
   samples are capped (``MAX_SAMPLES_PER_SECOND``, reservoir sampling), so memory is bounded
   whatever the traffic.
+
+Observation stays off the response path: :meth:`Metrics.observe` only appends the sample (with
+its time) to a pending list; :meth:`Metrics.fold` moves pending samples into the Prometheus
+series (one increment per label set and fold, not per request) and the rolling windows. The
+runtime folds once a second, ``MAX_PENDING`` (512) waiting samples fold at once, and every read
+folds first, so what is read is always complete.
+Reads return frozen dataclasses; the admin API maps them to its wire models.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,6 +47,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series 
 HISTORY_SECONDS = 1200
 WINDOW_SECONDS = 60
 MAX_SAMPLES_PER_SECOND = 1000
+MAX_PENDING = 512
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
@@ -121,15 +129,85 @@ class _Window:
         return [s for s in self.last(now, seconds + 1) if s.t < current]
 
 
-def percentiles(values: Iterable[float]) -> dict[str, float]:
+@dataclass(frozen=True, slots=True)
+class Percentiles:
+    """Milliseconds."""
+
+    p50: float = 0.0
+    p90: float = 0.0
+    p99: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """Requests per second over the last complete 1, 10 and 60 seconds."""
+
+    per_1s: float = 0.0
+    per_10s: float = 0.0
+    per_60s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """The gateway as a whole: totals since start, rates, and the last 60 s."""
+
+    requests_total: int
+    errors_total: int
+    requests_per_second: Rates
+    error_rate: float
+    latency_ms: Percentiles
+    overhead_ms: Percentiles
+    status_classes: Mapping[str, int]
+    rate_limited_total: int
+    retries_total: int
+    retry_budget_exhausted_total: int
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSummary:
+    route: str
+    requests_total: int
+    errors_total: int
+    requests_per_second: Rates
+    error_rate: float
+    latency_ms: Percentiles
+    status_classes: Mapping[str, int]
+    rate_limited_total: int
+    retries_total: int
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSummary:
+    """Attempts sent to one backend (``failures_total``: every outcome but success/cancelled)."""
+
+    backend: str
+    requests_total: int
+    failures_total: int
+    latency_ms: Percentiles
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPoint:
+    """One complete second."""
+
+    t: float
+    requests: int
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    overhead_p50_ms: float
+    in_flight: int
+
+
+def percentiles(values: Iterable[float]) -> Percentiles:
     ordered = sorted(values)
     if not ordered:
-        return {"p50": 0.0, "p90": 0.0, "p99": 0.0}
+        return Percentiles()
 
     def at(q: float) -> float:
         return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
 
-    return {"p50": at(0.50), "p90": at(0.90), "p99": at(0.99)}
+    return Percentiles(at(0.50), at(0.90), at(0.99))
 
 
 @dataclass(slots=True)
@@ -220,6 +298,7 @@ class Metrics:
         Gauge("kairos_build_info", "Kairos version", ["version"], registry=r).labels(version).set(1)
 
         self.totals = _Totals()
+        self._pending: list[tuple[float, RequestSample]] = []
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._window = _Window(HISTORY_SECONDS + 2)
         self._routes: dict[str, _Totals] = {}
@@ -230,23 +309,71 @@ class Metrics:
     # --- recording --------------------------------------------------------------------------
 
     def observe(self, sample: RequestSample) -> None:
-        now = self._clock()
-        route = sample.route or "none"
+        """Note one finished request; counted at the next :meth:`fold` (at once when
+        ``MAX_PENDING`` are waiting, so memory stays bounded whatever the traffic)."""
+        self._pending.append((self._clock(), sample))
+        if len(self._pending) >= MAX_PENDING:
+            self.fold()
+
+    def fold(self) -> None:
+        """Move every pending sample into the Prometheus series and the rolling windows."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        requests: dict[tuple[str, str, int], list[float]] = {}
+        overheads: list[float] = []
+        upstream: dict[tuple[str, str], list[float]] = {}
+        retries: dict[tuple[str, str], int] = {}
+        budget: dict[str, int] = {}
+        limited: dict[str, int] = {}
+        for now, sample in pending:
+            route = sample.route or "none"
+            requests.setdefault((route, sample.method, sample.status), []).append(sample.duration_s)
+            overhead_s = max(sample.overhead_s, 0.0)
+            overheads.append(overhead_s)
+            self._count(now, route, sample, overhead_s * 1000)
+            for reason in sample.retries:
+                retries[(route, reason)] = retries.get((route, reason), 0) + 1
+            if sample.retry_budget_exhausted:
+                budget[route] = budget.get(route, 0) + 1
+            if sample.rate_limited:
+                limited[route] = limited.get(route, 0) + 1
+            for attempt in sample.attempts:
+                upstream.setdefault((attempt.backend, attempt.outcome), []).append(attempt.seconds)
+                self._count_attempt(now, attempt)
+        for key, durations in requests.items():
+            counter, histogram = self._children_for(key)
+            counter.inc(len(durations))
+            for seconds in durations:
+                histogram.observe(seconds)
+        for seconds in overheads:
+            self.overhead.observe(seconds)
+        for (backend, outcome), times in upstream.items():
+            self.upstream.labels(backend, outcome).inc(len(times))
+            histogram = self.upstream_duration.labels(backend)
+            for seconds in times:
+                histogram.observe(seconds)
+        for (route, reason), count in retries.items():
+            self.retries.labels(route, reason).inc(count)
+        for route, count in budget.items():
+            self.budget_exhausted.labels(route).inc(count)
+        for route, count in limited.items():
+            self.rate_limited.labels(route).inc(count)
+
+    def _children_for(self, key: tuple[str, str, int]) -> tuple[Any, Any]:
+        children = self._children.get(key)
+        if children is None:
+            route, method, status = key
+            children = self._children[key] = (
+                self.requests.labels(route, method, str(status)),
+                self.duration.labels(route),
+            )
+        return children
+
+    def _count(self, now: float, route: str, sample: RequestSample, overhead_ms: float) -> None:
         error = sample.status >= 500
         status_class = f"{sample.status // 100}xx"
         latency_ms = sample.duration_s * 1000
-        overhead_ms = max(sample.overhead_s, 0.0) * 1000
-
-        key = (route, sample.method, sample.status)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (
-                self.requests.labels(route, sample.method, str(sample.status)),
-                self.duration.labels(route),
-            )
-        children[0].inc()
-        children[1].observe(sample.duration_s)
-        self.overhead.observe(max(sample.overhead_s, 0.0))
         for totals in (self.totals, self._routes.setdefault(route, _Totals())):
             totals.requests += 1
             totals.errors += error
@@ -258,20 +385,12 @@ class Metrics:
         route_window = self._route_windows.setdefault(route, _Window(WINDOW_SECONDS + 2))
         route_window.current(now).add(latency_ms, overhead_ms, error, self._rng)
 
-        for reason in sample.retries:
-            self.retries.labels(route, reason).inc()
-        if sample.retry_budget_exhausted:
-            self.budget_exhausted.labels(route).inc()
-        if sample.rate_limited:
-            self.rate_limited.labels(route).inc()
-        for attempt in sample.attempts:
-            self.upstream.labels(attempt.backend, attempt.outcome).inc()
-            self.upstream_duration.labels(attempt.backend).observe(attempt.seconds)
-            counts = self._backends.setdefault(attempt.backend, [0, 0])
-            counts[0] += 1
-            counts[1] += attempt.outcome not in ("success", "cancelled")
-            window = self._backend_windows.setdefault(attempt.backend, _Window(WINDOW_SECONDS + 2))
-            window.current(now).add(attempt.seconds * 1000, 0.0, False, self._rng)
+    def _count_attempt(self, now: float, attempt: AttemptSample) -> None:
+        counts = self._backends.setdefault(attempt.backend, [0, 0])
+        counts[0] += 1
+        counts[1] += attempt.outcome not in ("success", "cancelled")
+        window = self._backend_windows.setdefault(attempt.backend, _Window(WINDOW_SECONDS + 2))
+        window.current(now).add(attempt.seconds * 1000, 0.0, False, self._rng)
 
     def ai_decision(self, route: str, source: str, seconds: float) -> None:
         self.ai_decisions.labels(route, source).inc()
@@ -284,7 +403,8 @@ class Metrics:
         self.reloads.labels(result).inc()
 
     def tick(self, in_flight: int) -> None:
-        """Once a second: note in-flight for the history point of the second now filling."""
+        """Once a second: fold, and note in-flight for the history point of the second filling."""
+        self.fold()
         self._window.current(self._clock()).in_flight = in_flight
         self.in_flight.set(in_flight)
 
@@ -295,81 +415,86 @@ class Metrics:
             self.backend_healthy.labels(backend).set(1 if healthy else 0)
 
     def prometheus(self) -> bytes:
+        self.fold()
         return generate_latest(self.registry)
 
     # --- reading ----------------------------------------------------------------------------
 
-    def rates(self, window: _Window | None = None) -> dict[str, float]:
+    def rates(self, window: _Window | None = None) -> Rates:
+        self.fold()
         now = self._clock()
         source = window or self._window
-        out = {}
-        for name, seconds in (("per_1s", 1), ("per_10s", 10), ("per_60s", 60)):
-            total = sum(s.requests for s in source.closed(now, seconds))
-            out[name] = round(total / seconds, 3)
-        return out
+        per = [
+            round(sum(s.requests for s in source.closed(now, seconds)) / seconds, 3)
+            for seconds in (1, 10, 60)
+        ]
+        return Rates(*per)
 
-    def summary(self) -> dict[str, Any]:
-        """The gateway-wide part of the JSON snapshot (wire names of MetricsSnapshot)."""
-        now = self._clock()
-        recent = self._window.last(now, WINDOW_SECONDS)
+    def summary(self) -> Summary:
+        """The gateway-wide part of the snapshot."""
+        self.fold()
+        recent = self._window.last(self._clock(), WINDOW_SECONDS)
         requests = sum(s.requests for s in recent)
         totals = self.totals
-        return {
-            "requests_total": totals.requests,
-            "errors_total": totals.errors,
-            "requests_per_second": self.rates(),
-            "error_rate": round(sum(s.errors for s in recent) / requests, 4) if requests else 0.0,
-            "latency_ms": percentiles(v for s in recent for v in s.latencies_ms),
-            "overhead_ms": percentiles(v for s in recent for v in s.overheads_ms),
-            "status_classes": dict(totals.status_classes),
-            "rate_limited_total": totals.rate_limited,
-            "retries_total": totals.retries,
-            "retry_budget_exhausted_total": totals.budget_exhausted,
-        }
+        return Summary(
+            requests_total=totals.requests,
+            errors_total=totals.errors,
+            requests_per_second=self.rates(),
+            error_rate=round(sum(s.errors for s in recent) / requests, 4) if requests else 0.0,
+            latency_ms=percentiles(v for s in recent for v in s.latencies_ms),
+            overhead_ms=percentiles(v for s in recent for v in s.overheads_ms),
+            status_classes=dict(totals.status_classes),
+            rate_limited_total=totals.rate_limited,
+            retries_total=totals.retries,
+            retry_budget_exhausted_total=totals.budget_exhausted,
+        )
 
-    def route_summary(self, route: str) -> dict[str, Any]:
+    def route_summary(self, route: str) -> RouteSummary:
+        self.fold()
         totals = self._routes.get(route, _Totals())
         window = self._route_windows.get(route)
         recent = window.last(self._clock(), WINDOW_SECONDS) if window else []
         requests = sum(s.requests for s in recent)
-        return {
-            "route": route,
-            "requests_total": totals.requests,
-            "errors_total": totals.errors,
-            "requests_per_second": self.rates(window) if window else {},
-            "error_rate": round(sum(s.errors for s in recent) / requests, 4) if requests else 0.0,
-            "latency_ms": percentiles(v for s in recent for v in s.latencies_ms),
-            "status_classes": dict(totals.status_classes),
-            "rate_limited_total": totals.rate_limited,
-            "retries_total": totals.retries,
-        }
+        return RouteSummary(
+            route=route,
+            requests_total=totals.requests,
+            errors_total=totals.errors,
+            requests_per_second=self.rates(window) if window else Rates(),
+            error_rate=round(sum(s.errors for s in recent) / requests, 4) if requests else 0.0,
+            latency_ms=percentiles(v for s in recent for v in s.latencies_ms),
+            status_classes=dict(totals.status_classes),
+            rate_limited_total=totals.rate_limited,
+            retries_total=totals.retries,
+        )
 
-    def backend_summary(self, backend: str) -> dict[str, Any]:
+    def backend_summary(self, backend: str) -> BackendSummary:
+        self.fold()
         attempts, failures = self._backends.get(backend, [0, 0])
         window = self._backend_windows.get(backend)
         recent = window.last(self._clock(), WINDOW_SECONDS) if window else []
-        return {
-            "backend": backend,
-            "requests_total": attempts,
-            "failures_total": failures,
-            "latency_ms": percentiles(v for s in recent for v in s.latencies_ms),
-        }
+        return BackendSummary(
+            backend=backend,
+            requests_total=attempts,
+            failures_total=failures,
+            latency_ms=percentiles(v for s in recent for v in s.latencies_ms),
+        )
 
-    def history(self, seconds: int) -> list[dict[str, Any]]:
+    def history(self, seconds: int) -> list[HistoryPoint]:
         """One point per complete second, oldest first, for up to ``HISTORY_SECONDS``."""
+        self.fold()
         seconds = max(1, min(seconds, HISTORY_SECONDS))
         points = []
         for s in self._window.closed(self._clock(), seconds):
             ordered = percentiles(s.latencies_ms)
             points.append(
-                {
-                    "t": float(s.t),
-                    "requests": s.requests,
-                    "errors": s.errors,
-                    "p50_ms": ordered["p50"],
-                    "p99_ms": ordered["p99"],
-                    "overhead_p50_ms": percentiles(s.overheads_ms)["p50"],
-                    "in_flight": s.in_flight,
-                }
+                HistoryPoint(
+                    t=float(s.t),
+                    requests=s.requests,
+                    errors=s.errors,
+                    p50_ms=ordered.p50,
+                    p99_ms=ordered.p99,
+                    overhead_p50_ms=percentiles(s.overheads_ms).p50,
+                    in_flight=s.in_flight,
+                )
             )
         return points

@@ -31,12 +31,13 @@ swaps the state for later requests only. Nothing here knows the web framework.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
+import os
 import random
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -80,6 +81,10 @@ from kairos_core.upstream import UpstreamClient, UpstreamError, UpstreamRequest,
 log = logging.getLogger("kairos.pipeline")
 _E = TypeVar("_E", bound=BaseException)
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_ID_PREFIX = os.urandom(11).hex()
+_ID_COUNTER = itertools.count(1)
+"""Generated request ids: a random per-process prefix and a counter (32 hex characters, the
+length of a UUID's hex form; no syscall per request)."""
 BUFFER_BODY_BYTES = 64 * 1024
 AI_BODY_BYTES = 1024 * 1024
 """An AI route reads a declared body up to this size before choosing (to show it to the LLM)."""
@@ -219,7 +224,7 @@ class Pipeline:
         sent_id = request.header("x-request-id")
         request_id = sent_id if sent_id and _SANE_REQUEST_ID.fullmatch(sent_id) else None
         record = RequestRecord(
-            request_id=request_id or uuid.uuid4().hex,
+            request_id=request_id or f"{_ID_PREFIX}{next(_ID_COUNTER):010x}",
             client_ip=client_ip(
                 request.peer_ip, request.header("x-forwarded-for"), state.trusted_proxies
             ),

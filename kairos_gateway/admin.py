@@ -16,6 +16,7 @@ import hmac
 import json
 import uuid
 from collections.abc import Callable, Coroutine
+from dataclasses import asdict
 from typing import Any
 from urllib.parse import unquote
 
@@ -187,13 +188,13 @@ class AdminApi:
     def snapshot(self) -> models.MetricsSnapshot:
         runtime, shared = self.runtime, self.runtime.shared
         metrics, state = runtime.metrics, runtime.state
-        data = metrics.summary()
+        data: dict[str, Any] = asdict(metrics.summary())
         data["in_flight"] = shared.in_flight.total()
         data["uptime_seconds"] = round(runtime.uptime_s, 3)
         data["config_version"] = state.version
         data["routes"] = [
             {
-                **metrics.route_summary(route_id),
+                **asdict(metrics.route_summary(route_id)),
                 "auth_required": route.auth_required,
                 "has_retry": route.retry is not None,
                 "has_rate_limit": route.rate_limit is not None,
@@ -203,7 +204,7 @@ class AdminApi:
         ]
         data["backends"] = [
             {
-                **metrics.backend_summary(circuit.backend),
+                **asdict(metrics.backend_summary(circuit.backend)),
                 "in_flight": circuit.in_flight,
                 "healthy": circuit.healthy,
                 "circuit": circuit,
@@ -215,7 +216,7 @@ class AdminApi:
 
     async def history(self, request: Request) -> HTTPResponse:
         seconds = _int_arg(request, "seconds", 900, 1, HISTORY_SECONDS)
-        points = self.runtime.metrics.history(seconds)
+        points = [asdict(point) for point in self.runtime.metrics.history(seconds)]
         return reply(models.MetricsHistory.model_validate({"seconds": seconds, "points": points}))
 
     async def events(self, request: Request) -> None:

@@ -19,6 +19,7 @@ from sanic import Sanic
 from kairos_core import __version__
 from kairos_core.config import ConfigError, load_config
 from kairos_core.config.rules import is_loopback
+from kairos_gateway.accesslog import BatchedStreamHandler
 from kairos_gateway.admin import build_admin_app
 from kairos_gateway.app import build_proxy_app
 from kairos_gateway.runtime import GatewayRuntime
@@ -72,15 +73,22 @@ class _JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, log_format: str) -> None:
+    formatter: logging.Formatter = (
+        _JsonFormatter()
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("sanic.root", "sanic.server", "sanic.access", "watchfiles"):
+    batched = BatchedStreamHandler(sys.stderr)  # the access log writes a batch at a time
+    batched.setFormatter(formatter)
+    access = logging.getLogger("kairos.access")
+    access.handlers[:] = [batched]
+    access.propagate = False
+    for noisy in ("sanic.root", "sanic.server", "sanic.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 

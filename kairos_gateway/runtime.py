@@ -1,6 +1,9 @@
 """The running gateway's moving parts: current state, upstream pool, reloads, metrics, log.
 
-Reload rule (DESIGN.md §2): the config file is watched; a changed file that validates is compiled
+Reload rule (DESIGN.md §2): the config file is watched (its inode, size and modification time,
+checked once a second: an editor's rename-over, an in-place write and a Kubernetes ConfigMap's
+symlink swap all show, and nothing else in the directory wakes the gateway); a changed file that
+validates is compiled
 into a new :class:`RuntimeState` and swapped in atomically, so requests already in flight finish
 on the state they started with; a file that does not validate is rejected, its report logged, and
 the running config kept. ``SIGHUP`` triggers the same reload. Admin API edits go the other way:
@@ -12,15 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-
-from watchfiles import awatch
 
 from kairos_core import __version__
 from kairos_core.config import (
@@ -38,10 +39,11 @@ from kairos_core.metrics import Metrics
 from kairos_core.pipeline import Pipeline, RequestRecord
 from kairos_core.state import RuntimeState, SharedState, compile_state
 from kairos_core.upstream import AiohttpUpstream, UpstreamClient
+from kairos_gateway.accesslog import AccessLog
 
 log = logging.getLogger("kairos.gateway")
-access_log = logging.getLogger("kairos.access")
 _STATE_CODES = {"closed": 0, "open": 1, "half_open": 2}
+CONFIG_POLL_S = 1.0
 
 
 class GatewayRuntime:
@@ -68,7 +70,7 @@ class GatewayRuntime:
         self.snapshot_source: Any = None  # set by the admin app: () -> dict for `snapshot` events
         self.event_streams = 0  # open /api/events connections; snapshots are built only for them
         self.admin_host: str | None = None  # where the admin listener is bound (set by main)
-        self._log_format = log_format
+        self.access_log = AccessLog(log_format)
         self._background: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
         self._starts = 0
@@ -100,6 +102,7 @@ class GatewayRuntime:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        self.access_log.flush()
         if self.shared.health is not None:
             await self.shared.health.stop()
         await self.shared.ai.close()
@@ -186,9 +189,12 @@ class GatewayRuntime:
             raise ConfigError([ConfigIssue("admin.token", message)], source=loaded.source)
 
     async def _watch_config(self) -> None:
-        target = await asyncio.to_thread(self.config_path.resolve)
-        async for changes in awatch(target.parent, debounce=200, step=50, recursive=False):
-            if any(Path(path).name == target.name for _, path in changes):
+        seen = _identity(self.config_path)
+        while True:
+            await asyncio.sleep(CONFIG_POLL_S)
+            current = _identity(self.config_path)
+            if current != seen:
+                seen = current
                 await self._reload_quietly("file changed")
 
     # --- readiness, health, metrics -------------------------------------------------------------
@@ -241,26 +247,7 @@ class GatewayRuntime:
 
     def _on_record(self, record: RequestRecord) -> None:
         self.metrics.observe(record.sample())
-        if not access_log.isEnabledFor(logging.INFO):
-            return
-        fields = {
-            "request_id": record.request_id,
-            "client_ip": record.client_ip,
-            "method": record.method,
-            "path": record.path,
-            "route": record.route_id,
-            "backend": record.backend,
-            "status": record.status,
-            "error": record.error_type,
-            "duration_ms": _ms(record.duration_s),
-            "upstream_ms": _ms(record.upstream_s),
-            "attempts": record.attempts,
-            "bytes": record.bytes_sent,
-        }
-        if self._log_format == "json":
-            access_log.info(json.dumps(fields))
-        else:
-            access_log.info(" ".join(f"{k}={'-' if v is None else v}" for k, v in fields.items()))
+        self.access_log.add(record)
 
 
 class VersionConflict(Exception):
@@ -280,5 +267,10 @@ def _matches(if_match: str, version: str) -> bool:
     return False
 
 
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 3)
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """What changes when the file does: inode, size, modification time (None: unreadable)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns

@@ -18,6 +18,8 @@ from kairos_core.metrics import (
     WINDOW_SECONDS,
     AttemptSample,
     Metrics,
+    Percentiles,
+    Rates,
     RequestSample,
 )
 
@@ -102,7 +104,7 @@ def test_every_request_is_counted_once_by_route_method_and_code(metrics: Metrics
     assert value(metrics, "kairos_requests_total", route="users", method="GET", code="503") == 1
     assert value(metrics, "kairos_request_duration_seconds_count", route="users") == 6
     assert value(metrics, "kairos_gateway_overhead_seconds_count") == 6
-    assert metrics.summary()["requests_total"] == 6
+    assert metrics.summary().requests_total == 6
 
 
 def test_a_request_that_matched_no_route_is_labelled_none(metrics: Metrics) -> None:
@@ -116,15 +118,15 @@ def test_an_error_is_a_status_of_500_or_more_and_4xx_are_the_clients(metrics: Me
     observe_many(metrics, [sample(s) for s in statuses])
 
     summary = metrics.summary()
-    assert summary["errors_total"] == 5
-    assert summary["error_rate"] == pytest.approx(5 / len(statuses), abs=1e-4)
-    assert metrics.route_summary("users")["errors_total"] == 5
+    assert summary.errors_total == 5
+    assert summary.error_rate == pytest.approx(5 / len(statuses), abs=1e-4)
+    assert metrics.route_summary("users").errors_total == 5
 
 
 def test_status_classes_count_each_class(metrics: Metrics) -> None:
     observe_many(metrics, [sample(s) for s in (200, 201, 302, 404, 429, 429, 500, 503)])
 
-    assert metrics.summary()["status_classes"] == {"2xx": 2, "3xx": 1, "4xx": 3, "5xx": 2}
+    assert metrics.summary().status_classes == {"2xx": 2, "3xx": 1, "4xx": 3, "5xx": 2}
 
 
 def test_retries_budget_and_rate_limits_are_counted(metrics: Metrics) -> None:
@@ -137,9 +139,9 @@ def test_retries_budget_and_rate_limits_are_counted(metrics: Metrics) -> None:
     assert value(metrics, "kairos_retry_budget_exhausted_total", route="users") == 1
     assert value(metrics, "kairos_rate_limited_total", route="users") == 1
     summary = metrics.summary()
-    assert summary["retries_total"] == 3
-    assert summary["retry_budget_exhausted_total"] == 1
-    assert summary["rate_limited_total"] == 1
+    assert summary.retries_total == 3
+    assert summary.retry_budget_exhausted_total == 1
+    assert summary.rate_limited_total == 1
 
 
 def test_upstream_attempts_are_counted_per_backend_and_outcome(metrics: Metrics) -> None:
@@ -176,21 +178,21 @@ def test_rates_cover_the_last_complete_1_10_and_60_seconds(
     observe_many(metrics, [sample()] * 1000)  # the second still filling counts in none of them
 
     rates = metrics.rates()
-    assert rates["per_1s"] == 61
-    assert rates["per_10s"] == pytest.approx(sum(range(52, 62)) / 10, abs=1e-3)
-    assert rates["per_60s"] == pytest.approx(sum(range(2, 62)) / 60, abs=1e-3)
-    assert metrics.summary()["requests_per_second"] == rates
+    assert rates.per_1s == 61
+    assert rates.per_10s == pytest.approx(sum(range(52, 62)) / 10, abs=1e-3)
+    assert rates.per_60s == pytest.approx(sum(range(2, 62)) / 60, abs=1e-3)
+    assert metrics.summary().requests_per_second == rates
 
 
 def test_rates_fall_to_zero_once_traffic_stops(metrics: Metrics, clock: FakeClock) -> None:
     observe_many(metrics, [sample()] * 30)
     clock.advance(1)
-    assert metrics.rates()["per_1s"] == 30
+    assert metrics.rates().per_1s == 30
 
     clock.advance(WINDOW_SECONDS + 1)
 
-    assert metrics.rates() == {"per_1s": 0.0, "per_10s": 0.0, "per_60s": 0.0}
-    assert metrics.summary()["requests_total"] == 30  # totals never roll
+    assert metrics.rates() == Rates(0.0, 0.0, 0.0)
+    assert metrics.summary().requests_total == 30  # totals never roll
 
 
 def test_percentiles_of_latency_and_overhead(metrics: Metrics) -> None:
@@ -201,10 +203,10 @@ def test_percentiles_of_latency_and_overhead(metrics: Metrics) -> None:
 
     summary = metrics.summary()
     for name, scale in (("latency_ms", 1.0), ("overhead_ms", 0.1)):
-        got = summary[name]
-        assert got["p50"] == pytest.approx(500 * scale, abs=1.01 * scale), name
-        assert got["p90"] == pytest.approx(900 * scale, abs=1.01 * scale), name
-        assert got["p99"] == pytest.approx(990 * scale, abs=1.01 * scale), name
+        got = getattr(summary, name)
+        assert got.p50 == pytest.approx(500 * scale, abs=1.01 * scale), name
+        assert got.p90 == pytest.approx(900 * scale, abs=1.01 * scale), name
+        assert got.p99 == pytest.approx(990 * scale, abs=1.01 * scale), name
 
 
 def test_percentiles_and_error_rate_forget_samples_older_than_60_seconds(
@@ -215,17 +217,17 @@ def test_percentiles_and_error_rate_forget_samples_older_than_60_seconds(
     observe_many(metrics, [sample(200, duration_s=0.002)] * 50)
 
     summary = metrics.summary()
-    assert summary["latency_ms"] == {"p50": 2.0, "p90": 2.0, "p99": 2.0}
-    assert summary["error_rate"] == 0.0
-    assert summary["errors_total"] == 50
+    assert summary.latency_ms == Percentiles(2.0, 2.0, 2.0)
+    assert summary.error_rate == 0.0
+    assert summary.errors_total == 50
 
 
 def test_no_traffic_gives_zero_percentiles_and_error_rate(metrics: Metrics) -> None:
     summary = metrics.summary()
 
-    assert summary["latency_ms"] == {"p50": 0.0, "p90": 0.0, "p99": 0.0}
-    assert summary["error_rate"] == 0.0
-    assert summary["status_classes"] == {}
+    assert summary.latency_ms == Percentiles()
+    assert summary.error_rate == 0.0
+    assert summary.status_classes == {}
 
 
 # --- history --------------------------------------------------------------------------------
@@ -240,11 +242,10 @@ def test_history_has_one_point_per_closed_second(metrics: Metrics, clock: FakeCl
     metrics.observe(sample())  # the current second is not in the history yet
 
     points = metrics.history(60)
-    assert [p["t"] for p in points] == [first, first + 1, first + 2]
-    assert [p["requests"] for p in points] == [3, 0, 5]
-    assert [p["errors"] for p in points] == [1, 0, 1]
-    assert [p["in_flight"] for p in points] == [3, 0, 5]
-    assert set(points[0]) >= {"t", "requests", "errors", "p50_ms", "p99_ms", "overhead_p50_ms"}
+    assert [p.t for p in points] == [first, first + 1, first + 2]
+    assert [p.requests for p in points] == [3, 0, 5]
+    assert [p.errors for p in points] == [1, 0, 1]
+    assert [p.in_flight for p in points] == [3, 0, 5]
 
     clock.advance(1)
     assert len(metrics.history(60)) == 4
@@ -258,7 +259,7 @@ def test_history_returns_only_the_seconds_asked_for(metrics: Metrics, clock: Fak
     points = metrics.history(10)
 
     assert len(points) == 10
-    assert points[-1]["t"] == int(clock.now) - 1
+    assert points[-1].t == int(clock.now) - 1
 
 
 def test_history_is_capped_at_history_seconds(metrics: Metrics, clock: FakeClock) -> None:
@@ -271,10 +272,8 @@ def test_history_is_capped_at_history_seconds(metrics: Metrics, clock: FakeClock
     points = metrics.history(HISTORY_SECONDS * 10)
 
     assert len(points) == HISTORY_SECONDS
-    assert points[-1]["t"] == last_second
-    assert [p["t"] for p in points] == list(
-        range(last_second - HISTORY_SECONDS + 1, last_second + 1)
-    )
+    assert points[-1].t == last_second
+    assert [p.t for p in points] == list(range(last_second - HISTORY_SECONDS + 1, last_second + 1))
     assert len(metrics._window._seconds) <= HISTORY_SECONDS + 2  # memory bounded too
 
 
@@ -287,9 +286,9 @@ def test_latency_samples_per_second_are_capped_by_an_unbiased_reservoir(metrics:
     observe_many(metrics, [sample(duration_s=(i + 1) / 1000) for i in range(count)])
 
     summary = metrics.summary()
-    assert summary["requests_total"] == count
-    assert summary["latency_ms"]["p50"] == pytest.approx(count / 2, rel=0.15)
-    assert summary["latency_ms"]["p99"] == pytest.approx(count * 0.99, rel=0.05)
+    assert summary.requests_total == count
+    assert summary.latency_ms.p50 == pytest.approx(count / 2, rel=0.15)
+    assert summary.latency_ms.p99 == pytest.approx(count * 0.99, rel=0.05)
     second = metrics._window.current(metrics._clock())
     assert len(second.latencies_ms) == MAX_SAMPLES_PER_SECOND
     assert len(second.overheads_ms) == MAX_SAMPLES_PER_SECOND
@@ -319,24 +318,24 @@ def test_route_summary_counts_only_its_route(metrics: Metrics, clock: FakeClock)
     clock.advance(1)
 
     users = metrics.route_summary("users")
-    assert users["route"] == "users"
-    assert users["requests_total"] == 5
-    assert users["errors_total"] == 1
-    assert users["error_rate"] == pytest.approx(0.2)
-    assert users["status_classes"] == {"2xx": 3, "5xx": 1, "4xx": 1}
-    assert users["rate_limited_total"] == 1
-    assert users["retries_total"] == 1
-    assert users["requests_per_second"]["per_1s"] == 5
-    assert users["latency_ms"]["p50"] == pytest.approx(10.0)
-    assert metrics.route_summary("orders")["requests_total"] == 7
+    assert users.route == "users"
+    assert users.requests_total == 5
+    assert users.errors_total == 1
+    assert users.error_rate == pytest.approx(0.2)
+    assert users.status_classes == {"2xx": 3, "5xx": 1, "4xx": 1}
+    assert users.rate_limited_total == 1
+    assert users.retries_total == 1
+    assert users.requests_per_second.per_1s == 5
+    assert users.latency_ms.p50 == pytest.approx(10.0)
+    assert metrics.route_summary("orders").requests_total == 7
 
 
 def test_route_summary_of_a_route_without_traffic_is_zero(metrics: Metrics) -> None:
     quiet = metrics.route_summary("quiet")
 
-    assert quiet["requests_total"] == 0
-    assert quiet["errors_total"] == 0
-    assert quiet["latency_ms"] == {"p50": 0.0, "p90": 0.0, "p99": 0.0}
+    assert quiet.requests_total == 0
+    assert quiet.errors_total == 0
+    assert quiet.latency_ms == Percentiles()
 
 
 def test_backend_summary_counts_attempts_and_failures(metrics: Metrics) -> None:
@@ -346,12 +345,12 @@ def test_backend_summary_counts_attempts_and_failures(metrics: Metrics) -> None:
     metrics.observe(sample(attempts=(AttemptSample(OTHER, "success", 0.002),)))
 
     summary = metrics.backend_summary(BACKEND)
-    assert summary["backend"] == BACKEND
-    assert summary["requests_total"] == len(outcomes)
-    assert summary["failures_total"] == 3  # failure_status, connect, timeout; never cancelled
-    assert summary["latency_ms"]["p50"] == pytest.approx(8.0)
-    assert metrics.backend_summary(OTHER)["requests_total"] == 1
-    assert metrics.backend_summary("http://unknown:1")["requests_total"] == 0
+    assert summary.backend == BACKEND
+    assert summary.requests_total == len(outcomes)
+    assert summary.failures_total == 3  # failure_status, connect, timeout; never cancelled
+    assert summary.latency_ms.p50 == pytest.approx(8.0)
+    assert metrics.backend_summary(OTHER).requests_total == 1
+    assert metrics.backend_summary("http://unknown:1").requests_total == 0
 
 
 # --- gauges, transitions and reloads ----------------------------------------------------------
