@@ -83,6 +83,8 @@ class RouteMetrics(_Wire):
     has_retry: bool = False
     has_rate_limit: bool = False
     has_ai: bool = False
+    ai_mode: str | None = None
+    """The AI selector's mode (``inline``, ``background``, ``shadow``) when ``has_ai``."""
 
 
 class BackendMetrics(_Wire):

@@ -199,6 +199,7 @@ class AdminApi:
                 "has_retry": route.retry is not None,
                 "has_rate_limit": route.rate_limit is not None,
                 "has_ai": route.router.ai_policy is not None and route.router.ai_policy.enabled,
+                "ai_mode": route.ai.mode if route.ai is not None else None,
             }
             for route_id, route in state.routes.items()
         ]

@@ -153,8 +153,8 @@ class GatewayRelay:
         await self.refresh_config()
         self._state.snapshot = snapshot
         self._state.decisions.clear()
-        for decision in sorted(decisions, key=lambda d: d.time):
-            self._state.decisions.appendleft(decision)
+        for decision in reversed(decisions):  # oldest first: each one goes on top
+            self._state.add_decision(decision)
         self.mark(LIVE_PARTS)
 
     def _set_link(self, link: GatewayLink) -> None:
@@ -201,8 +201,7 @@ class GatewayRelay:
             await self.refresh_config()
 
     def _on_decision(self, decision: AiDecision) -> None:
-        if decision not in self._state.decisions:  # the replay can repeat a seeded decision
-            self._state.decisions.appendleft(decision)
+        if self._state.add_decision(decision):  # False: the replay repeating a seeded one
             self.mark(("decisions",))
 
     # --- publisher ------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kairos_client import AiDecision, ConfigDocument, MetricsSnapshot, RouteInfo
-from kairos_client.models import BackendMetrics, RouteMetrics
+from kairos_client.models import AiRouteStats, BackendMetrics, RouteMetrics
 
 TRANSITIONS_KEPT = 50
 RELOADS_KEPT = 20
@@ -63,7 +63,12 @@ class RouteRow:
 
     @property
     def badges(self) -> list[str]:
-        """Which policies the route carries: ``auth``, ``retry``, ``AI``, ``rate limit``."""
+        """Which policies the route carries: ``auth``, ``retry``, ``AI <mode>``, ``rate limit``.
+
+        From the gateway's figures; a route too new to have any yet (they follow within a
+        second) is read from its config as written, its AI badge then naming a mode only when
+        the config spells one out.
+        """
         config: dict[str, Any] = self.info.config
         if self.metrics is not None:
             flags = (
@@ -72,16 +77,30 @@ class RouteRow:
                 self.metrics.has_ai,
                 self.metrics.has_rate_limit,
             )
+            ai_mode = self.metrics.ai_mode
         else:
             ai_policy = config.get("ai_policy")
+            has_ai = isinstance(ai_policy, dict) and ai_policy.get("enabled") is not False
             flags = (
                 bool(config.get("auth_required")),
                 config.get("retry") is not None,
-                isinstance(ai_policy, dict) and bool(ai_policy.get("enabled")),
+                has_ai,
                 config.get("rate_limit") is not None,
             )
-        names = ("auth", "retry", "AI", "rate limit")
+            ai_mode = ai_policy.get("mode") if has_ai and isinstance(ai_policy, dict) else None
+        ai = f"AI {ai_mode}" if ai_mode else "AI"
+        names = ("auth", "retry", ai, "rate limit")
         return [name for name, on in zip(names, flags, strict=True) if on]
+
+
+@dataclass(frozen=True, slots=True)
+class AiRouteRow:
+    """One AI route on the decisions page: its mode and the gateway's selector-vs-fallback
+    figures (``stats`` is None until the route has decided anything)."""
+
+    route: str
+    mode: str | None
+    stats: AiRouteStats | None
 
 
 @dataclass
@@ -95,6 +114,35 @@ class DashboardState:
     transitions: deque[Transition] = field(default_factory=lambda: deque(maxlen=TRANSITIONS_KEPT))
     reloads: deque[ReloadRecord] = field(default_factory=lambda: deque(maxlen=RELOADS_KEPT))
     decisions: deque[AiDecision] = field(default_factory=lambda: deque(maxlen=DECISIONS_KEPT))
+
+    def add_decision(self, decision: AiDecision) -> bool:
+        """Keep ``decision`` in id order, newest first; False when it is already kept (a replay
+        repeating the seed) or older than every decision the bounded list keeps."""
+        kept = self.decisions
+        if any(d.id == decision.id for d in kept):
+            return False
+        if not kept or decision.id > kept[0].id:
+            kept.appendleft(decision)
+            return True
+        if len(kept) == kept.maxlen and decision.id < kept[-1].id:
+            return False
+        ordered = sorted([*kept, decision], key=lambda d: d.id, reverse=True)
+        self.decisions = deque(ordered, maxlen=kept.maxlen)
+        return True
+
+    def ai_routes(self) -> list[AiRouteRow]:
+        """Every route whose AI selector is on, in config order, then routes that decided
+        before their selector was turned off or the route removed."""
+        if self.snapshot is None:
+            return []
+        stats = {s.route: s for s in self.snapshot.ai.routes}
+        rows = [
+            AiRouteRow(m.route, m.ai_mode, stats.pop(m.route, None))
+            for m in self.snapshot.routes
+            if m.has_ai
+        ]
+        rows.extend(AiRouteRow(route, None, s) for route, s in stats.items())
+        return rows
 
     def route_rows(self) -> list[RouteRow]:
         figures = {m.route: m for m in self.snapshot.routes} if self.snapshot else {}

@@ -27,7 +27,7 @@ from .forms import STANDARD_METHODS, FormIssue, RouteForm
 from .headers import SECURITY_HEADERS
 from .relay import NOT_AUTHORISED, GatewayRelay, link_for
 from .rendering import Renderer
-from .state import DashboardState, GatewayLink
+from .state import DECISIONS_KEPT, DashboardState, GatewayLink
 
 HISTORY_SECONDS = 900
 SSE_PING_S = 15
@@ -145,7 +145,7 @@ class Dashboard:
         return self._page(request, "backends.html", "backends")
 
     async def decisions(self, request: Request) -> HTMLResponse:
-        return self._page(request, "decisions.html", "decisions")
+        return self._page(request, "decisions.html", "decisions", decisions_kept=DECISIONS_KEPT)
 
     async def config(self, request: Request) -> HTMLResponse:
         document = self.state.config
@@ -325,12 +325,21 @@ class Dashboard:
         path = fields.get("path", "").strip() or "/"
         token = fields.get("token", "").strip() or None
         client_ip = fields.get("client_ip", "").strip() or "127.0.0.1"
+        body = fields.get("body") or None
+        ai = fields.get("ai") in ("on", "true", "1")
         try:
-            result = await self.client.route_test(method, path, token=token, client_ip=client_ip)
+            result = await self.client.route_test(
+                method, path, token=token, client_ip=client_ip, body=body, ai=ai
+            )
         except KairosError as exc:
             return self._message(request, describe(exc), ok=False)
         return self._fragment(
-            request, "fragments/route_test.html", result=result, report=result.report, method=method
+            request,
+            "fragments/route_test.html",
+            result=result,
+            report=result.report,
+            method=method,
+            asked_ai=ai,
         )
 
     # --- circuits -------------------------------------------------------------------------------

@@ -483,6 +483,7 @@ def test_api_metrics_snapshot_shape(admin: httpx.Client, stack: Stack) -> None:
     assert routes["retry"]["has_retry"] is True
     assert routes["limited"]["has_rate_limit"] is True
     assert routes["echo"]["auth_required"] is routes["echo"]["has_retry"] is False
+    assert (routes["echo"]["has_ai"], routes["echo"]["ai_mode"]) == (False, None)
 
     up = stack.upstreams
     backends = {b["backend"]: b for b in body["backends"]}

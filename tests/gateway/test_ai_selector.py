@@ -301,6 +301,8 @@ def test_shadow_mode_never_changes_routing_and_reports_agreement(
     snapshot = httpx.get(f"{gateway.admin_url}/api/metrics", trust_env=False).json()
     (route,) = snapshot["ai"]["routes"]
     assert (route["shadow_decisions"], route["shadow_agreement_rate"]) == (10, 0.5)
+    (figures,) = snapshot["routes"]
+    assert (figures["has_ai"], figures["ai_mode"]) == (True, "shadow")
 
 
 # --- no LLM ---------------------------------------------------------------------------------------

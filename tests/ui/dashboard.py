@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 from playwright.sync_api import Page
 
-from tests.support.gateway import REPO_ROOT, Gateway, route
+from tests.support.gateway import REPO_ROOT, Gateway, backend, route
 from tests.support.procs import (
     ManagedProcess,
     ProcessExitedError,
@@ -124,6 +124,37 @@ def sample_config(upstream: Upstream) -> dict[str, Any]:
             ),
         ],
     }
+
+
+def ai_config(instant: Upstream, thinking: Upstream, **policy: Any) -> dict[str, Any]:
+    """One AI route, ``chat`` (``POST /chat``), over an ``instant`` and a ``thinking`` tier.
+
+    With no top-level ``ai`` block the offline heuristic decides: short questions go to the
+    instant tier, long reasoning-heavy ones to the thinking tier, and no LLM is needed.
+    """
+    return {
+        "routers": [
+            {
+                "name": "chat",
+                "external_path": "/chat",
+                "internal_path": "/v1/chat",
+                "methods": ["POST"],
+                "backends": [
+                    backend(instant.url, tags=["instant"], description="small fast model"),
+                    backend(thinking.url, tags=["thinking"], description="large reasoning model"),
+                ],
+                "ai_policy": {
+                    "strategy": {"content_analysis": {"model": "stand-in-1"}},
+                    "timeout_ms": 2000,
+                    **policy,
+                },
+            }
+        ]
+    }
+
+
+def chat_body(text: str) -> dict[str, Any]:
+    return {"model": "any", "messages": [{"role": "user", "content": text}]}
 
 
 def restart(gateway: Gateway) -> None:
