@@ -69,14 +69,18 @@ QUICK_MARKERS = (
     "in one sentence",
     "just tell me",
 )
-_CODE = re.compile(
-    r"```|^\s*(def|class|import|from \S+ import|#include|function|const|let|var|public|fn)\b"
-    r"|\bSELECT\b.+\bFROM\b|Traceback \(most recent call last\)|=>|;\s*$",
-    re.M | re.I,
+_CODE_LINE = re.compile(
+    r"^[ \t]*(?:def|class|import|from \S+ import|#include|function|const|let|var|public|fn)\b"
+    r"|;[ \t]*$",
+    re.M,
 )
+_SQL = re.compile(r"\bselect\b[^;]{0,200}?\bfrom\b")
+_CODE_MARKS = ("```", "traceback (most recent call last)", "=>")
+_REASONING = re.compile(r"\b(?:" + "|".join(re.escape(m) for m in REASONING_MARKERS) + ")")
 _WORD = re.compile(r"[a-z0-9]+")
-SCAN_CHARS = 16 * 1024
-"""Markers are looked for in the first 16 KiB of text; the length counts all of it."""
+SCAN_CHARS = 4 * 1024
+"""Markers are looked for in the first and the last 4 KiB of text (a long prompt's question is
+usually at one end); the length counts all of it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +119,17 @@ class HeuristicPick:
 def needs(text: str, chars: int | None = None) -> Needs:
     """``chars``: the request's size when ``text`` is not all of it (a streamed body)."""
     chars = max(len(text), chars or 0)
-    text = text[:SCAN_CHARS]
+    if len(text) > 2 * SCAN_CHARS:
+        text = f"{text[:SCAN_CHARS]}\n{text[-SCAN_CHARS:]}"
     lower = text.lower()
     complexity = 0.5 if chars >= 4000 else 0.25 if chars >= 1000 else -0.15 if chars < 200 else 0
-    reasoning = tuple(m for m in REASONING_MARKERS if _has(lower, m))
+    reasoning = tuple(m for m in REASONING_MARKERS if m in lower)
     quick = tuple(m for m in QUICK_MARKERS if m in lower)
-    code = bool(_CODE.search(text))
+    code = (
+        any(mark in lower for mark in _CODE_MARKS)
+        or _CODE_LINE.search(text) is not None
+        or ("select" in lower and _SQL.search(lower) is not None)
+    )
     complexity += min(0.25 * len(reasoning), 0.75) + (0.2 if code else 0.0) - 0.3 * len(quick)
     complexity = min(max(complexity, 0.0), 1.0)
     return Needs(complexity, complexity >= 0.5, code, chars, reasoning + quick)
@@ -168,9 +177,3 @@ def choose(
         label = ", ".join(chosen.tags) or chosen.description or chosen.key
         return HeuristicPick(top[0], None, f"{why} → backend {top[0]} ({label})")
     return HeuristicPick(None, top, f"{why} → backends {', '.join(map(str, top))}")
-
-
-def _has(lower: str, marker: str) -> bool:
-    if " " in marker or "-" in marker:
-        return marker in lower
-    return re.search(rf"\b{re.escape(marker)}", lower) is not None
