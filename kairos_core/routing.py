@@ -55,6 +55,8 @@ T = TypeVar("T")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _SEPARATORS = re.compile(r"[/\\]")
+_PLAIN = re.compile(r"[A-Za-z0-9_~!$&'()*+,;=:@-]*")
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+")
 
 
 class PatternError(ValueError):
@@ -101,6 +103,8 @@ def _split(path: str) -> list[str]:
 
 def _decode(segment: str) -> str:
     """Percent-decode one segment, raising ValueError if it is malformed or a traversal."""
+    if _PLAIN.fullmatch(segment):  # nothing to decode, no dot, no backslash: as it is
+        return segment
     if _BAD_ESCAPE.search(segment):
         raise ValueError(f"malformed percent-encoding in segment {segment!r}")
     try:
@@ -168,10 +172,14 @@ def _render(template: PathPattern, captures: Mapping[str, tuple[str, ...]]) -> s
         if isinstance(segment, LiteralSegment):
             parts.append(segment.text)
         elif isinstance(segment, ParamSegment):
-            parts.append(quote("/".join(captures[segment.name]), safe=""))
+            parts.append(_quote("/".join(captures[segment.name])))
         else:
-            parts.extend(quote(part, safe="") for part in captures[segment.name])
+            parts.extend(_quote(part) for part in captures[segment.name])
     return "/" + "/".join(parts)
+
+
+def _quote(value: str) -> str:
+    return value if _UNRESERVED.fullmatch(value) else quote(value, safe="")
 
 
 def render_internal_path(template: PathPattern, params: Mapping[str, str]) -> str:
@@ -298,11 +306,20 @@ class _Node(Generic[T]):
 _Captures = tuple[tuple[str, ...], ...]
 
 
+LOOKUP_CACHE_ENTRIES = 4096
+_Answer = RouteMatch[T] | MethodNotAllowed | NotFound | BadPath
+
+
 class RouteTable(Generic[T]):
-    """An immutable segment trie over route specs; lookup cost depends on path depth only."""
+    """An immutable segment trie over route specs; lookup cost depends on path depth only.
+
+    The answers for the last ``LOOKUP_CACHE_ENTRIES`` distinct (method, path, host) asked are
+    kept (the table never changes, so neither do they; the cache is emptied when full).
+    """
 
     def __init__(self, specs: Sequence[RouteSpec[T]]) -> None:
         self._specs = tuple(specs)
+        self._cache: dict[tuple[str, str, str | None], _Answer[T]] = {}
         self._root: _Node[T] = _Node()
         for spec in sorted(self._specs, key=lambda s: s.order):
             node = self._root
@@ -326,10 +343,18 @@ class RouteTable(Generic[T]):
     def __len__(self) -> int:
         return len(self._specs)
 
-    def lookup(
-        self, method: str, path: str, host: str | None = None
-    ) -> RouteMatch[T] | MethodNotAllowed | NotFound | BadPath:
+    def lookup(self, method: str, path: str, host: str | None = None) -> _Answer[T]:
         """Find the most specific route for ``method`` on the raw ``path`` (no query string)."""
+        key = (method, path, host)
+        answer = self._cache.get(key)
+        if answer is None:
+            answer = self._find(method, path, host)
+            if len(self._cache) >= LOOKUP_CACHE_ENTRIES:
+                self._cache.clear()
+            self._cache[key] = answer
+        return answer
+
+    def _find(self, method: str, path: str, host: str | None) -> _Answer[T]:
         if not path.startswith("/"):
             return BadPath(f"path must start with '/': {path!r}")
         try:
@@ -338,28 +363,63 @@ class RouteTable(Generic[T]):
             return BadPath(str(exc))
         request_host = _normalise_host(host)
         allowed: set[str] = set()
+        first = _descend(self._root, segments)  # _walk's first answer, without its generators
+        if first is not None:
+            found = _best(first[0], first[1], method, request_host, allowed)
+            if found is not None:
+                return found
         for candidates, captures in _walk(self._root, segments, 0, ()):
-            best: tuple[tuple[int, bool], _Candidate[T]] | None = None
-            for candidate in candidates:
-                rank = candidate.hosts.rank(request_host)
-                if rank is None:
-                    continue
-                methods = candidate.spec.methods
-                allowed |= methods
-                if method in methods or (method == "HEAD" and "GET" in methods):
-                    key = (rank, method not in methods)
-                    if best is None or key < best[0]:
-                        best = (key, candidate)
-            if best is not None:
-                spec = best[1].spec
-                named = dict(zip(spec.external.param_names, captures, strict=True))
-                params = {name: "/".join(value) for name, value in named.items()}
-                return RouteMatch(spec, params, _render(spec.internal, named))
+            found = _best(candidates, captures, method, request_host, allowed)
+            if found is not None:
+                return found
         if not allowed:
             return NotFound()
         if "GET" in allowed:
             allowed.add("HEAD")
         return MethodNotAllowed(tuple(sorted(allowed)))
+
+
+def _best(
+    candidates: list[_Candidate[T]],
+    captures: _Captures,
+    method: str,
+    request_host: str | None,
+    allowed: set[str],
+) -> RouteMatch[T] | None:
+    """The best of one list of candidates for ``method`` and the host (``allowed`` collects
+    the methods seen, for a 405)."""
+    best: tuple[tuple[int, bool], _Candidate[T]] | None = None
+    for candidate in candidates:
+        rank = candidate.hosts.rank(request_host)
+        if rank is None:
+            continue
+        methods = candidate.spec.methods
+        allowed |= methods
+        if method in methods or (method == "HEAD" and "GET" in methods):
+            key = (rank, method not in methods)
+            if best is None or key < best[0]:
+                best = (key, candidate)
+    if best is None:
+        return None
+    spec = best[1].spec
+    named = dict(zip(spec.external.param_names, captures, strict=True))
+    params = {name: "/".join(value) for name, value in named.items()}
+    return RouteMatch(spec, params, _render(spec.internal, named))
+
+
+def _descend(node: _Node[T], segments: list[str]) -> tuple[list[_Candidate[T]], _Captures] | None:
+    """The most specific path through the trie, literal before parameter, no backtracking."""
+    captures: _Captures = ()
+    for segment in segments:
+        child = node.literals.get(segment)
+        if child is not None:
+            node = child
+        elif node.param is not None and segment:
+            node = node.param
+            captures = (*captures, (segment,))
+        else:
+            return None
+    return (node.ends, captures) if node.ends else None
 
 
 def _walk(
