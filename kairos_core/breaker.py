@@ -101,6 +101,30 @@ class Trial:
         self._breaker._report(failed, self._generation)
 
 
+class _Storage:
+    """The one place pybreaker's private state storage is touched, for what its public API
+    lacks: reading and restarting ``opened_at`` (needed for time-to-half-open and a forced open
+    of an open breaker) and zeroing the failure count without a transition (``close()`` of a
+    closed breaker would report one)."""
+
+    def __init__(self, breaker: pybreaker.CircuitBreaker) -> None:
+        self._storage = breaker._state_storage
+
+    def opened_at(self) -> float | None:
+        opened: datetime | None = self._storage.opened_at
+        if opened is None:
+            return None
+        if opened.tzinfo is None:
+            opened = opened.replace(tzinfo=UTC)
+        return opened.timestamp()
+
+    def restart_open_timeout(self) -> None:
+        self._storage.opened_at = datetime.now(UTC)
+
+    def forget_failures(self) -> None:
+        self._storage.reset_counter()
+
+
 class BackendBreaker:
     """pybreaker's state machine plus the half-open gate for one backend."""
 
@@ -114,6 +138,7 @@ class BackendBreaker:
             listeners=[_Listener(backend, self._transitioned)],
             name=backend,
         )
+        self._storage = _Storage(self._breaker)
         self._sink = sink
         self._trials = 0
         self._generation = 0  # bumped by every transition; outcomes from older ones are stale
@@ -163,7 +188,7 @@ class BackendBreaker:
     def force_open(self) -> None:
         """Open now (restarting the timeout); a no-op transition is not reported."""
         if self.state == "open":
-            self._breaker._state_storage.opened_at = datetime.now(UTC)
+            self._storage.restart_open_timeout()
             return
         self._breaker.open()
 
@@ -171,7 +196,7 @@ class BackendBreaker:
         """Close now and forget the failure count; a no-op transition is not reported."""
         self._trials = 0
         if self.state == "closed":
-            self._breaker._state_storage.reset_counter()
+            self._storage.forget_failures()
             return
         self._breaker.close()
 
@@ -211,12 +236,7 @@ class BackendBreaker:
         return self.seconds_until_half_open() <= 0
 
     def _opened_at(self) -> float | None:
-        opened: datetime | None = self._breaker._state_storage.opened_at
-        if opened is None:
-            return None
-        if opened.tzinfo is None:
-            opened = opened.replace(tzinfo=UTC)
-        return opened.timestamp()
+        return self._storage.opened_at()
 
 
 class BreakerRegistry:
