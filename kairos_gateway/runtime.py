@@ -68,6 +68,7 @@ class GatewayRuntime:
         self.snapshot_source: Any = None  # set by the admin app: () -> dict for `snapshot` events
         self.event_streams = 0  # open /api/events connections; snapshots are built only for them
         self.admin_host: str | None = None  # where the admin listener is bound (set by main)
+        self.draining = False  # set at SIGTERM / SIGINT, before any listener closes
         self._log_format = log_format
         self._background: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
