@@ -317,14 +317,14 @@ class ProxyProtocol(asyncio.Protocol):
         elif mode == _HOLD:
             self._buffer += data
             if len(self._buffer) > BODY_BUFFER_BYTES:
-                self._pause()
+                self.pause_reading()
         elif mode == _WEBSOCKET:
             assert self._websocket is not None
             self._websocket.feed(data)
         elif mode == _LINGER:
             self._discarded += len(data)
             if self._discarded > LINGER_BYTES:
-                self._close()
+                self.close()
         # _IGNORE: the request was refused or its body broke; nothing more is read from it
 
     def eof_received(self) -> bool:
@@ -373,24 +373,25 @@ class ProxyProtocol(asyncio.Protocol):
             self._websocket.going_away()
             return False
         if self._exchange is None and not self._buffer and self._mode == _HEAD:
-            self._close()
+            self.close()
             return True
         return False
 
     def abort(self) -> None:
+        """Cut the connection: the graceful shutdown's time is up."""
         if self._transport is not None and not self._lost:
             self._listener.cut_connections += 1
             self._transport.abort()
 
-    # --- used by the request body and the WebSocket peer -------------------------------------
+    # --- used by the request body, and by the WebSocket peer (``WebSocketConnection``) -------
 
     def body_consumed(self) -> None:
         if self._paused and self._mode == _BODY:
-            self._resume()
+            self.resume_reading()
 
     def send_continue(self) -> None:
         if not self._response_started and not self._lost:
-            self._write(_CONTINUE)
+            self.write(_CONTINUE)
 
     async def drain(self) -> None:
         """Wait while the client's socket is full."""
@@ -632,7 +633,7 @@ class ProxyProtocol(asyncio.Protocol):
             if rest:
                 self.data_received(rest)
         elif body.buffered > BODY_BUFFER_BYTES:
-            self._pause()
+            self.pause_reading()
 
     # --- answering ---------------------------------------------------------------------------
 
@@ -693,7 +694,7 @@ class ProxyProtocol(asyncio.Protocol):
             elif status >= 200 and status != 204:
                 lines.append(f"Content-Length: {len(body)}\r\n")
             head = self._head(status, lines, keep_alive, exchange.http_10)
-            self._write(head + body if body and not no_body else head)
+            self.write(head + body if body and not no_body else head)
             return
         chunked = False
         expected = -1
@@ -708,7 +709,7 @@ class ProxyProtocol(asyncio.Protocol):
         else:
             chunked = True
             lines.append("Transfer-Encoding: chunked\r\n")
-        self._write(self._head(status, lines, keep_alive, exchange.http_10))
+        self.write(self._head(status, lines, keep_alive, exchange.http_10))
         if no_body:
             return
         await self._stream(body, chunked, expected)
@@ -731,12 +732,12 @@ class ProxyProtocol(asyncio.Protocol):
         except Exception:
             # the head is gone: the only honest signal left is an aborted connection, never a
             # terminating chunk that would make a truncated body look complete
-            self.abort()
+            transport.abort()
             return
         if chunked:
-            self._write(b"0\r\n\r\n")
+            self.write(b"0\r\n\r\n")
         elif expected >= 0 and sent != expected:
-            self.abort()
+            transport.abort()
 
     def _head(self, status: int, lines: list[str], keep_alive: bool, http_10: bool) -> bytes:
         if not keep_alive:
@@ -752,13 +753,13 @@ class ProxyProtocol(asyncio.Protocol):
         assert upstream is not None
         exchange.keep_alive = False
         if exchange.websocket is None:  # a plain request the pipeline upgraded anyway
-            self.abort()
+            self.close()
             return
         subprotocols = [Subprotocol(upstream.protocol)] if upstream.protocol else None
         handshake = ServerProtocol(subprotocols=subprotocols)
         response = handshake.accept(exchange.websocket)
         if response.status_code != 101:
-            self._write(response.serialize())
+            self.write(response.serialize())
             return
         present = {name.lower() for name, _ in response.headers.raw_items()}
         lines = [f"{name}: {value}\r\n" for name, value in response.headers.raw_items()]
@@ -768,15 +769,15 @@ class ProxyProtocol(asyncio.Protocol):
             if (lower := name.lower()) not in HOP_BY_HOP and lower not in present
         ]
         head = "HTTP/1.1 101 Switching Protocols\r\n" + "".join(lines) + "\r\n"
-        self._write(head.encode("latin-1", "replace"))
-        peer = ClientWebSocket(_WebSocketTransport(self), frame_protocol())
+        self.write(head.encode("latin-1", "replace"))
+        peer = ClientWebSocket(self, frame_protocol())
         self._websocket = peer
         self._mode = _WEBSOCKET
         if self._buffer:
             early = bytes(self._buffer)
             self._buffer.clear()
             peer.feed(early)
-        self._resume()
+        self.resume_reading()
         if self._closing:
             peer.going_away()
         await relay(peer, upstream)
@@ -791,22 +792,24 @@ class ProxyProtocol(asyncio.Protocol):
             if self._mode in (_BODY, _IGNORE) or self._paused:
                 self._linger()
             else:
-                self._close()
+                self.close()
             return
         self._mode = _HEAD
         server = self._runtime.state.config.server
         self._arm("idle", server.keepalive_timeout_ms / 1000)
-        self._resume()
+        self.resume_reading()
         if self._buffer:
             self._read_head()
 
     # --- connection plumbing -----------------------------------------------------------------
 
-    def _write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> None:
+        """Send bytes, unless the connection is gone."""
         if self._transport is not None and not self._lost:
             self._transport.write(data)
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """Close once what was written has been sent."""
         self._cancel_timer()
         if self._transport is not None and not self._lost:
             self._transport.close()
@@ -820,23 +823,23 @@ class ProxyProtocol(asyncio.Protocol):
         self._discarded = 0
         self._buffer.clear()
         if self._eof:
-            self._close()
+            self.close()
             return
         if transport.can_write_eof():
             transport.write_eof()
-        self._resume()
+        self.resume_reading()
         self._arm("linger", LINGER_S)
 
     def _stop_reading(self) -> None:
         self._mode = _IGNORE
-        self._pause()
+        self.pause_reading()
 
-    def _pause(self) -> None:
+    def pause_reading(self) -> None:
         if not self._paused and self._transport is not None and not self._lost:
             self._paused = True
             self._transport.pause_reading()
 
-    def _resume(self) -> None:
+    def resume_reading(self) -> None:
         if self._paused and self._transport is not None and not self._lost:
             self._paused = False
             self._transport.resume_reading()
@@ -867,29 +870,7 @@ class ProxyProtocol(asyncio.Protocol):
             message = f"the request head took longer than {timeout_ms} ms"
             self._refuse("client_timeout", message, bytes(self._buffer))
         else:  # idle keep-alive, a connection that never sent a byte, or the end of a linger
-            self._close()
-
-
-class _WebSocketTransport:
-    """The proxy connection as :class:`~kairos_gateway.websocket.ClientWebSocket` uses it."""
-
-    def __init__(self, connection: ProxyProtocol) -> None:
-        self._connection = connection
-
-    def write(self, data: bytes) -> None:
-        self._connection._write(data)
-
-    async def drain(self) -> None:
-        await self._connection.drain()
-
-    def close(self) -> None:
-        self._connection._close()
-
-    def pause_reading(self) -> None:
-        self._connection._pause()
-
-    def resume_reading(self) -> None:
-        self._connection._resume()
+            self.close()
 
 
 def _framing_refusal(
