@@ -269,6 +269,8 @@ class ProxyProtocol(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_kind = ""
+        self._deadline = 0.0
+        self._server = self._runtime.state.config.server
         self._exchange: _Exchange | None = None
         self._task: asyncio.Task[None] | None = None
         self._cancellable = True
@@ -301,8 +303,7 @@ class ProxyProtocol(asyncio.Protocol):
             self._peer_ip = str(peer[0])
         if transport.get_extra_info("ssl_object") is not None:
             self._scheme = "https"
-        server = self._runtime.state.config.server
-        self._arm("head", server.client_header_timeout_ms / 1000)
+        self._arm("head", self._server.client_header_timeout_ms / 1000)
 
     def data_received(self, data: bytes) -> None:
         mode = self._mode
@@ -345,7 +346,7 @@ class ProxyProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._listener.connections.discard(self)
-        self._cancel_timer()
+        self._drop_timer()
         self._wake_drain()
         exchange = self._exchange
         if exchange is not None and exchange.body is not None:
@@ -403,6 +404,7 @@ class ProxyProtocol(asyncio.Protocol):
 
     def _read_head(self, data: bytes | None = None) -> None:
         """Frame the next head: parse it once it is complete, refuse it when it is too big."""
+        self._server = self._runtime.state.config.server  # a reload applies from the next head
         if data is not None:
             end = data.find(b"\r\n\r\n")
             if end > 0 and not data.startswith(b"\r\n"):
@@ -424,8 +426,7 @@ class ProxyProtocol(asyncio.Protocol):
         if end < 0:
             self._scanned = len(buffer)
             if self._timer_kind != "head":
-                server = self._runtime.state.config.server
-                self._arm("head", server.client_header_timeout_ms / 1000)
+                self._arm("head", self._server.client_header_timeout_ms / 1000)
             return
         head, rest = bytes(buffer[: end + 4]), bytes(buffer[end + 4 :])
         buffer.clear()
@@ -436,7 +437,7 @@ class ProxyProtocol(asyncio.Protocol):
     def _head_fits(self, data: bytes | bytearray, end: int) -> bool:
         """False (and the request refused) when the request line or the header section of a
         head (complete when ``end`` >= 0, else still arriving) is over its limit."""
-        server = self._runtime.state.config.server
+        server = self._server
         limit = end + 2 if end >= 0 else len(data)
         line_end = data.find(b"\r\n", 0, limit)
         request_line = line_end if line_end >= 0 else len(data)
@@ -451,7 +452,7 @@ class ProxyProtocol(asyncio.Protocol):
         return True
 
     def _parse_head(self, head: bytes, rest: bytes) -> None:
-        server = self._runtime.state.config.server
+        server = self._server
         self._url = b""
         self._headers = []
         self._header_lines = 0
@@ -543,7 +544,7 @@ class ProxyProtocol(asyncio.Protocol):
         if chunked or length:
             expect_continue = b"expect" in watched and version == "1.1"
             body = RequestBody(self, body_timeout_s, expect_continue)
-        keepalive_ms = self._runtime.state.config.server.keepalive_timeout_ms
+        keepalive_ms = self._server.keepalive_timeout_ms
         keep_alive = keepalive_ms > 0 and self._keep_alive and not upgrade
         request = self._request(method, version, body)
         exchange = _Exchange(request, body, keep_alive=keep_alive, websocket=websocket)
@@ -555,7 +556,7 @@ class ProxyProtocol(asyncio.Protocol):
             return
         self._mode = _BODY
         if chunked:
-            self._chunked = ChunkedDecoder(self._runtime.state.config.server.max_header_bytes)
+            self._chunked = ChunkedDecoder(self._server.max_header_bytes)
         else:
             self._chunked = None
             self._body_left = length
@@ -795,8 +796,7 @@ class ProxyProtocol(asyncio.Protocol):
                 self.close()
             return
         self._mode = _HEAD
-        server = self._runtime.state.config.server
-        self._arm("idle", server.keepalive_timeout_ms / 1000)
+        self._arm("idle", self._server.keepalive_timeout_ms / 1000)
         self.resume_reading()
         if self._buffer:
             self._read_head()
@@ -810,7 +810,7 @@ class ProxyProtocol(asyncio.Protocol):
 
     def close(self) -> None:
         """Close once what was written has been sent."""
-        self._cancel_timer()
+        self._drop_timer()
         if self._transport is not None and not self._lost:
             self._transport.close()
 
@@ -851,22 +851,38 @@ class ProxyProtocol(asyncio.Protocol):
         self._drain_waiter = None
 
     def _arm(self, kind: str, delay_s: float) -> None:
-        self._cancel_timer()
+        """Set the connection's one deadline (head, idle or linger). Moving it later, as every
+        request on a busy keep-alive connection does, leaves the loop's timer where it is: it
+        fires early, sees the new deadline and waits again."""
+        deadline = self._loop.time() + delay_s
         self._timer_kind = kind
-        self._timer = self._loop.call_later(delay_s, self._timed_out)
+        self._deadline = deadline
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._timer_fired)
 
     def _cancel_timer(self) -> None:
+        self._timer_kind = ""  # a pending timer fires and finds nothing to do
+
+    def _drop_timer(self) -> None:
+        self._timer_kind = ""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._timer_kind = ""
 
-    def _timed_out(self) -> None:
-        kind = self._timer_kind
+    def _timer_fired(self) -> None:
         self._timer = None
+        kind = self._timer_kind
+        if not kind:
+            return
+        if self._loop.time() < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._timer_fired)
+            return
         self._timer_kind = ""
         if kind == "head" and self._buffer and self._exchange is None:
-            timeout_ms = self._runtime.state.config.server.client_header_timeout_ms
+            timeout_ms = self._server.client_header_timeout_ms
             message = f"the request head took longer than {timeout_ms} ms"
             self._refuse("client_timeout", message, bytes(self._buffer))
         else:  # idle keep-alive, a connection that never sent a byte, or the end of a linger
