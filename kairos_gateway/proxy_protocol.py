@@ -428,11 +428,11 @@ class ProxyProtocol(asyncio.Protocol):
             if self._timer_kind != "head":
                 self._arm("head", self._server.client_header_timeout_ms / 1000)
             return
-        head, rest = bytes(buffer[: end + 4]), bytes(buffer[end + 4 :])
-        buffer.clear()
+        head = bytes(buffer[: end + 4])
+        del buffer[: end + 4]  # what follows stays buffered: no copy per pipelined request
         self._scanned = 0
         self._cancel_timer()
-        self._parse_head(head, rest)
+        self._parse_head(head, b"")
 
     def _head_fits(self, data: bytes | bytearray, end: int) -> bool:
         """False (and the request refused) when the request line or the header section of a
@@ -452,6 +452,8 @@ class ProxyProtocol(asyncio.Protocol):
         return True
 
     def _parse_head(self, head: bytes, rest: bytes) -> None:
+        """Parse a complete head; ``rest`` is what came after it in the same read (bytes that
+        were buffered before stay in the buffer)."""
         server = self._server
         self._url = b""
         self._headers = []
@@ -549,10 +551,12 @@ class ProxyProtocol(asyncio.Protocol):
         request = self._request(method, version, body)
         exchange = _Exchange(request, body, keep_alive=keep_alive, websocket=websocket)
         self._start(exchange)
+        if rest:
+            self._buffer += rest
         if body is None:
             self._mode = _HOLD
-            if rest:
-                self.data_received(rest)
+            if len(self._buffer) > BODY_BUFFER_BYTES:
+                self.pause_reading()
             return
         self._mode = _BODY
         if chunked:
@@ -560,8 +564,10 @@ class ProxyProtocol(asyncio.Protocol):
         else:
             self._chunked = None
             self._body_left = length
-        if rest:
-            self._read_body(rest)
+        if self._buffer:
+            early = bytes(self._buffer)
+            self._buffer.clear()
+            self._read_body(early)
 
     def _request(self, method: str, version: str, body: RequestBody | None) -> ProxyRequest:
         raw_path, _, query = self._url.decode("latin-1").partition("?")

@@ -174,6 +174,16 @@ def test_pipelined_requests_are_answered_in_order(fresh: Stack) -> None:
     assert echoed(answers[1])["query"] == "n=2"
 
 
+def test_a_hundred_requests_pipelined_in_one_write_are_all_answered_in_order(fresh: Stack) -> None:
+    with fresh.connect() as conn:
+        conn.send(
+            b"".join(request("GET", f"/missing/{n}", f"X-Request-ID: r{n}") for n in range(100))
+        )
+        answers = [conn.read_response() for _ in range(100)]
+    assert [a.header("x-request-id") for a in answers] == [f"r{n}" for n in range(100)]
+    assert {a.status for a in answers} == {404}
+
+
 def test_http10_closes_after_the_response_unless_keep_alive_is_asked(fresh: Stack) -> None:
     with fresh.connect() as conn:
         conn.send(request("GET", "/echo", version="1.0"))
