@@ -18,9 +18,9 @@ Framing
   closed without a word; 0 turns keep-alive off.
 - A request body is framed by ``Content-Length`` or by ``Transfer-Encoding: chunked`` and streams
   to the pipeline as ``ProxyRequest.body``; reading from the socket pauses while more than
-  ``BODY_BUFFER_BYTES`` wait to be consumed. ``Content-Length`` must be ASCII digits written
-  ``Content-Length: N`` (no sign, no extra space, no list); ``chunked`` is the only transfer
-  coding; a request with both is refused. Each of these is a 400, then close.
+  ``BODY_BUFFER_BYTES`` wait to be consumed. ``Content-Length`` must be ASCII digits after at
+  most one space or tab (no sign, no other whitespace, no list); ``chunked`` is the only
+  transfer coding; a request with both is refused. Each of these is a 400, then close.
 - ``Expect: 100-continue``: ``100 Continue`` is sent when the pipeline first reads the body,
   never when it answers first; any other expectation is 417 ``expectation_failed``.
 - Responses to HEAD, 1xx, 204 and 304 carry no body. A streamed body goes out with the
@@ -669,6 +669,10 @@ class ProxyProtocol(asyncio.Protocol):
                 await self.drain()  # a client that does not read gets no next response
         except asyncio.CancelledError:
             pass  # the client went away mid-response
+        except Exception:
+            log.exception("answering %s %s failed", request.method, request.raw_path)
+            if self._transport is not None and not self._lost:
+                self._transport.abort()
         finally:
             self._cancellable = False
             try:
@@ -793,7 +797,7 @@ class ProxyProtocol(asyncio.Protocol):
         """After a response: next request, or close (lingering if the request was not read)."""
         self._exchange = None
         self._task = None
-        if self._lost:
+        if self._lost or self._transport is None or self._transport.is_closing():
             return
         if not exchange.keep_alive or self._closing or self._eof:
             if self._mode in (_BODY, _IGNORE) or self._paused:
