@@ -33,7 +33,6 @@ def build_proxy_app(runtime: GatewayRuntime) -> Sanic[Any, Any]:
     app.config.ACCESS_LOG = False
     app.config.NOISY_EXCEPTIONS = False
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = runtime.state.config.server.graceful_shutdown_s
-    drain_started: list[float] = []
 
     async def unreachable(request: Request) -> HTTPResponse:
         raise AssertionError("the proxy listener's requests are served by ProxyProtocol")
@@ -47,7 +46,7 @@ def build_proxy_app(runtime: GatewayRuntime) -> Sanic[Any, Any]:
         runtime.draining = True
         grace_s = runtime.state.config.server.graceful_shutdown_s
         app.config.GRACEFUL_SHUTDOWN_TIMEOUT = grace_s
-        drain_started.append(time.monotonic())
+        listener.drain_started_at = time.monotonic()
         log.info(
             "%s: draining %d connection(s), up to %g s",
             signal.Signals(signum).name,
@@ -71,7 +70,8 @@ def build_proxy_app(runtime: GatewayRuntime) -> Sanic[Any, Any]:
     @app.after_server_stop
     async def stop(app: Sanic[Any, Any]) -> None:
         await runtime.stop()
-        drained_s = time.monotonic() - drain_started[0] if drain_started else 0.0
+        started = listener.drain_started_at
+        drained_s = time.monotonic() - started if started is not None else 0.0
         log.info(
             "stopped after %.1f s of draining; %d connection(s) cut at the deadline",
             drained_s,

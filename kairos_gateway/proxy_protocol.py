@@ -103,11 +103,12 @@ _PRINTABLE_TARGET = re.compile(rb"[\x21-\x7e]{1,256}")
 
 class ProxyListener:
     """What every connection of the proxy listener shares: the runtime and Sanic's connection set,
-    plus the counters the shutdown log reports."""
+    plus what the shutdown log reports."""
 
     def __init__(self, runtime: GatewayRuntime) -> None:
         self.runtime = runtime
         self.connections: set[Any] = set()
+        self.drain_started_at: float | None = None
         self.cut_connections = 0
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.canned import CannedUpstream
 from tests.support.gateway import Gateway, route
 from tests.support.procs import Upstream
 from tests.support.rawhttp import RawConnection, RawResponse
@@ -217,6 +218,25 @@ def test_connection_close_from_the_client_is_honoured(fresh: Stack) -> None:
         assert response.status == 200
         assert response.header("connection") == "close"
         assert conn.closed_by_server(within_s=2)
+
+
+def test_an_upstream_connection_close_leaves_the_client_connection_open(
+    gateway_factory: GatewayFactory,
+) -> None:
+    upstream = CannedUpstream(
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+    )
+    try:
+        gateway = gateway_factory({"routers": [route("/canned", "/canned", [upstream.url])]})
+        with RawConnection(gateway.port) as conn:
+            for _ in range(2):
+                conn.send(request("GET", "/canned"))
+                response = conn.read_response()
+                assert (response.status, response.body) == (200, b"ok")
+                assert response.header("connection") is None
+    finally:
+        upstream.close()
+    assert upstream.hits == 2
 
 
 def test_an_idle_keep_alive_connection_is_closed_silently(fresh: Stack) -> None:
