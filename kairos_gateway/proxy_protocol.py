@@ -666,8 +666,6 @@ class ProxyProtocol(asyncio.Protocol):
             result = pipeline.reject(request, "internal", "internal gateway error")
         try:
             await self._respond(exchange, result)
-            if exchange.keep_alive:
-                await self.drain()  # a client that does not read gets no next response
         except asyncio.CancelledError:
             pass  # the client went away mid-response
         except Exception:
@@ -680,6 +678,12 @@ class ProxyProtocol(asyncio.Protocol):
                 await result.close()
             except Exception:
                 log.exception("finishing request %s %s failed", request.method, request.raw_path)
+        self._cancellable = True
+        if exchange.keep_alive:
+            try:
+                await self.drain()  # a client that does not read gets no next response
+            except asyncio.CancelledError:
+                return
         self._finished(exchange)
 
     async def _respond(self, exchange: _Exchange, result: ProxyResponse) -> None:
