@@ -25,8 +25,9 @@ Framing
   never when it answers first; any other expectation is 417 ``expectation_failed``.
 - Responses to HEAD, 1xx, 204 and 304 carry no body. A streamed body goes out with the
   ``Content-Length`` it has, else chunked (HTTP/1.1) or delimited by the close (HTTP/1.0). A
-  stream that breaks after its head was sent aborts the connection: a truncated body never looks
-  complete.
+  stream that breaks, or would run past its ``Content-Length``, after its head was sent aborts
+  the connection: a truncated body never looks complete, a long one never spills into the next
+  response.
 
 Client-side bounds (``server`` config)
 
@@ -738,6 +739,8 @@ class ProxyProtocol(asyncio.Protocol):
             async for chunk in body:
                 if not chunk or self._lost:
                     continue
+                if 0 <= expected < sent + len(chunk):
+                    raise ValueError("the body is longer than its Content-Length")
                 if chunked:
                     transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
                 else:

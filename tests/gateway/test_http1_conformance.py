@@ -346,6 +346,20 @@ def test_204_and_304_carry_no_body(fresh: Stack, status: int) -> None:
     assert echoed(following)["query"] == "next=1"
 
 
+def test_a_body_longer_than_its_declared_length_is_cut_never_overrun(
+    gateway_factory: GatewayFactory, upstream: Upstream
+) -> None:
+    lying = {"headers": [{"action": "set", "name": "Content-Length", "value": "70000"}]}
+    gateway = gateway_factory(
+        {"routers": [route("/lying", "/_download", [upstream.url], response_transformation=lying)]}
+    )
+    with (
+        httpx.Client(base_url=gateway.url, trust_env=False, timeout=5) as client,
+        pytest.raises(httpx.RemoteProtocolError),
+    ):
+        client.get("/lying", params={"bytes": 200_000})
+
+
 # --- Expect: 100-continue ------------------------------------------------------------------------
 
 
