@@ -1,7 +1,9 @@
 """``kairos-gateway [CONFIG]``: validate the config, then serve the proxy and admin listeners.
 
 A config that does not validate is reported (the same issues ``kairos validate`` prints) and the
-process exits with status 1 before binding any port.
+process exits with status 1 before binding any port. Both listeners are bound before either is
+announced or served: if one address cannot be bound (in use, not local, not permitted), one line
+on stderr names it and the reason, and the process exits with status 1 with nothing running.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ import gc
 import json
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
 from sanic import Sanic
+from sanic.server.socket import bind_socket
 
 from kairos_core import __version__
 from kairos_core.config import ConfigError, load_config
@@ -22,7 +26,10 @@ from kairos_core.config.rules import is_loopback
 from kairos_gateway.accesslog import BatchedStreamHandler
 from kairos_gateway.admin import build_admin_app
 from kairos_gateway.app import build_proxy_app
+from kairos_gateway.proxy_protocol import ProxyProtocol
 from kairos_gateway.runtime import GatewayRuntime
+
+LISTEN_BACKLOG = 1024
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,7 +95,7 @@ def configure_logging(level: str, log_format: str) -> None:
     access = logging.getLogger("kairos.access")
     access.handlers[:] = [batched]
     access.propagate = False
-    for noisy in ("sanic.root", "sanic.server", "sanic.access"):
+    for noisy in ("sanic.root", "sanic.server", "sanic.access", "websockets"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
@@ -130,8 +137,14 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         raise SystemExit(1)
-    proxy.prepare(host=proxy_host, port=proxy_port, single_process=True, motd=False)
-    admin.prepare(host=admin_host, port=admin_port, single_process=True, motd=False)
+    proxy_socket = bind_listener("proxy", proxy_host, proxy_port)
+    try:
+        admin_socket = bind_listener("admin", admin_host, admin_port)
+    except SystemExit:
+        proxy_socket.close()
+        raise
+    proxy.prepare(sock=proxy_socket, protocol=ProxyProtocol, single_process=True, motd=False)
+    admin.prepare(sock=admin_socket, single_process=True, motd=False)
     logging.getLogger("kairos.gateway").info(
         "kairos %s: proxy on http://%s:%d, admin on http://%s:%d, %d route(s)",
         __version__,
@@ -147,6 +160,16 @@ def main(argv: list[str] | None = None) -> None:
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     Sanic.serve_single(primary=proxy)
+
+
+def bind_listener(name: str, host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or one line on stderr and exit status 1."""
+    try:
+        return bind_socket(host, port, backlog=LISTEN_BACKLOG)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        print(f"✗ cannot listen on {host}:{port} ({name} listener): {reason}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

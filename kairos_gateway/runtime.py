@@ -71,6 +71,7 @@ class GatewayRuntime:
         self.event_streams = 0  # open /api/events connections; snapshots are built only for them
         self.admin_host: str | None = None  # where the admin listener is bound (set by main)
         self.access_log = AccessLog(log_format)
+        self.draining = False  # set at SIGTERM / SIGINT, before any listener closes
         self._background: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
         self._starts = 0

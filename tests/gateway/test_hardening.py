@@ -2,7 +2,8 @@
 
 - an upstream ``Retry-After`` longer than the route's ``max_backoff_ms`` ends the retries, and its
   answer goes back at once (``kairos_core.retry``);
-- header bytes outside ASCII pass through unchanged, request and response (``kairos_gateway.app``);
+- header bytes outside ASCII pass through unchanged, request and response
+  (``kairos_gateway.proxy_protocol``);
 - a request its client abandoned is still logged and counted, as 499 ``client_closed``
   (``kairos_core.pipeline``);
 - a small body that stalls past the route's ``timeout_ms`` is a 504 ``timeout``, not a 502;

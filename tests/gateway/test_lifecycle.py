@@ -1,10 +1,12 @@
 """The gateway process's life: startup checks, flags, hot reload, SIGHUP, SIGTERM, descriptors.
 
 DESIGN.md §2-§3 and ``kairos_gateway.runtime``: a config that does not validate stops startup
-before any port is bound; a changed file that validates is swapped in atomically while traffic
-flows; one that does not is rejected, logged, and the running config kept; SIGHUP reloads too;
-SIGTERM drains requests in flight within ``server.graceful_shutdown_s``. Nothing may leak file
-descriptors, whatever the request's outcome.
+before any port is bound; an address that cannot be bound (either listener) is one line on stderr
+and exit status 1, with nothing left running; a changed file that validates is swapped in
+atomically while traffic flows; one that does not is rejected, logged, and the running config
+kept; SIGHUP reloads too; SIGTERM drains requests in flight within ``server.graceful_shutdown_s``,
+closes idle connections at once and marks the responses it still sends ``Connection: close``.
+Nothing may leak file descriptors, whatever the request's outcome.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import pytest
 
 from tests.support.gateway import REPO_ROOT, Gateway, backend, route
 from tests.support.procs import Upstream, free_port, wait_for_port
+from tests.support.rawhttp import RawConnection
 
 GatewayFactory = Callable[..., Gateway]
 UpstreamFactory = Callable[[str], Upstream]
@@ -168,6 +171,36 @@ def test_invalid_config_exits_non_zero_naming_file_and_line(tmp_path: Path, kind
     assert word.lower() in stderr.lower(), stderr
     assert not bound, f"bound {bound} before exiting"
     assert not accepts("127.0.0.1", port)
+
+
+@pytest.mark.parametrize("taken", ["proxy", "admin"])
+def test_a_taken_port_is_one_line_and_exit_1_with_nothing_left_running(
+    tmp_path: Path, taken: str
+) -> None:
+    port, admin_port = free_port(), free_port()
+    occupied = admin_port if taken == "admin" else port
+    path = tmp_path / "config.json"
+    document = {
+        "version": 1,
+        "server": {"host": "127.0.0.1", "port": port},
+        "admin": {"host": "127.0.0.1", "port": admin_port},
+        "routers": [route("/svc", "/svc", ["http://127.0.0.1:9"])],
+    }
+    path.write_text(json.dumps(document))
+
+    with socket.create_server(("127.0.0.1", occupied)):
+        code, stderr, seconds, _ = run_until_exit(path, (port, admin_port))
+        other = port if taken == "admin" else admin_port
+        assert not accepts("127.0.0.1", other), "a listener was left running"
+
+    assert code == 1, stderr
+    assert seconds < 10
+    problems = [line for line in stderr.splitlines() if " INFO " not in line and line.strip()]
+    assert problems == [
+        f"✗ cannot listen on 127.0.0.1:{occupied} ({taken} listener): Address already in use"
+    ], stderr
+    assert "Traceback" not in stderr
+    assert "proxy on http" not in stderr, "announced a listener that never served"
 
 
 def test_host_and_port_flags_override_the_config(upstream: Upstream, tmp_path: Path) -> None:
@@ -363,6 +396,49 @@ def test_sigterm_lets_requests_in_flight_finish(
     assert not gateway.process.running, "still running after graceful_shutdown_s"
     assert gateway.process.returncode == 0, gateway.process.log_text()[-2000:]
     assert exited_after <= grace_s
+
+
+def test_sigterm_closes_idle_connections_at_once_and_marks_answers_in_flight(
+    upstream: Upstream, gateway_factory: GatewayFactory
+) -> None:
+    grace_s = 5
+    gateway = gateway_factory(
+        {
+            "server": {"graceful_shutdown_s": grace_s},
+            "routers": [
+                route("/svc", "/svc", [upstream.url]),
+                route("/slow", "/_slow", [upstream.url], timeout_ms=5000),
+            ],
+        }
+    )
+    idle = RawConnection(gateway.port)
+    busy = RawConnection(gateway.port)
+    try:
+        idle.send(b"GET /svc HTTP/1.1\r\nHost: gw\r\n\r\n")
+        assert idle.read_response().status == 200
+        busy.send(b"GET /slow?ms=1000 HTTP/1.1\r\nHost: gw\r\n\r\n")
+        deadline = time.monotonic() + 5
+        while upstream.hits() < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        signalled = time.monotonic()
+        os.kill(gateway.process.pid, signal.SIGTERM)
+
+        assert idle.closed_by_server(within_s=0.5), "an idle connection outlived SIGTERM"
+        answer = busy.read_response()
+        assert answer.status == 200
+        assert answer.header("connection") == "close"
+        assert busy.closed_by_server(within_s=1)
+    finally:
+        idle.close()
+        busy.close()
+    while gateway.process.running and time.monotonic() < signalled + grace_s + 2:
+        time.sleep(0.02)
+    assert not gateway.process.running
+    assert time.monotonic() - signalled < 3, "waited for connections that were done"
+    log = gateway.process.log_text()
+    assert "SIGTERM: draining 2 connection(s), up to 5 s" in log, log[-2000:]
+    assert "stopped after" in log
+    assert "Traceback" not in log
 
 
 # --- file descriptors ---------------------------------------------------------------------------

@@ -1,7 +1,10 @@
-"""WebSocket routes through the real gateway: relay both ways, auth before upgrade, clear errors."""
+"""WebSocket routes through the real gateway: relay both ways, auth before upgrade, clear errors,
+and a shutdown that tells clients the gateway is going away (1001) instead of cutting them."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -9,7 +12,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from tests.support.gateway import Gateway, backend
@@ -123,3 +126,19 @@ def test_sockets_do_not_leak(gateway: Gateway) -> None:
     while gateway.open_fds() > baseline + 4 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert gateway.open_fds() <= baseline + 4
+
+
+def test_shutdown_closes_relays_with_going_away(gateway: Gateway) -> None:
+    with connect(ws_url(gateway, "/ws/chat")) as ws:
+        ws.send("before")
+        assert ws.recv(timeout=5) == "before"
+        signalled = time.monotonic()
+        os.kill(gateway.process.pid, signal.SIGTERM)
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=5)
+    assert ws.close_code == 1001
+    assert time.monotonic() - signalled < 3
+    deadline = time.monotonic() + 5
+    while gateway.process.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not gateway.process.running, "a relayed WebSocket held the shutdown"
