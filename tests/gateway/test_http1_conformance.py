@@ -455,8 +455,7 @@ def test_a_body_that_stops_is_408_and_never_blames_the_backend(fresh: Stack) -> 
         rf'kairos_upstream_requests_total{{backend="{re.escape(backend)}",outcome="(\w+)"}} (\S+)',
         metrics,
     )
-    assert outcomes, metrics
-    assert {outcome for outcome, count in outcomes if float(count) > 0} <= {"cancelled"}
+    assert not [outcome for outcome, count in outcomes if float(count) > 0]  # not the backend's
     with fresh.connect() as conn:  # the backend still takes traffic: its breaker is closed
         conn.send(request("POST", "/fragile", "Content-Length: 2", body=b"ok"))
         assert echoed(conn.read_response())["body_len"] == 2
