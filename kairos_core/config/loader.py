@@ -17,19 +17,20 @@ holds *every* problem found, each with its JSON path and file line. Order of wor
 
 from __future__ import annotations
 
+import bisect
 import difflib
+import functools
 import hashlib
 import json
 import os
 import re
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-from json_source_map import calculate as json_source_map
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
@@ -71,40 +72,77 @@ def format_path(loc: Loc) -> str:
 
 
 class _LineMap:
-    """JSON path → 1-based file line, computed only when an issue needs locating."""
+    """JSON path → 1-based file line, computed only when an issue needs locating.
 
-    def __init__(self, text: str) -> None:
-        self._text = text
-        self._entries: dict[str, Any] | None = None
+    The text is walked with the standard library's C scanner: a container on the way to a
+    located value is indexed once (each member's key and value offsets, found by decoding and
+    skipping its values), so locating every issue of a large config costs a few decodes of the
+    text rather than a parse in Python. ``text`` may be a callable producing the text (the admin
+    API serialises a document only when one of its issues needs a line). A path that does not
+    exist in the text falls back to its nearest existing parent.
+    """
+
+    def __init__(self, text: str | Callable[[], str]) -> None:
+        self._source = text
+        self._text: str | None = None
+        self._newlines: list[int] | None = None
+        self._children: dict[int, dict[str | int, tuple[int, int]]] = {}
 
     def line(self, loc: Loc) -> int | None:
-        if self._entries is None:
-            try:
-                self._entries = {_unescape(k): v for k, v in json_source_map(self._text).items()}
-            except Exception:  # the map is a nicety; never let it hide the real problem
-                self._entries = {}
-        parts = list(loc)
-        while True:
-            # json_source_map keys entries by the raw key text (no RFC 6901 escaping)
-            pointer = "".join(f"/{p}" for p in parts)
-            entry = self._entries.get(pointer)
-            if entry is not None:
-                start = entry.key_start or entry.value_start
-                return int(start.line) + 1
-            if not parts:
-                return None
-            parts.pop()
+        try:
+            return self._line(loc)
+        except (ValueError, IndexError, RecursionError):  # a nicety; never hide the real problem
+            return None
+
+    def _line(self, loc: Loc) -> int:
+        if self._text is None:
+            self._text = self._source if isinstance(self._source, str) else self._source()
+            self._newlines = [m.start() for m in re.finditer("\n", self._text)]
+        text = self._text
+        position = located = _skip_whitespace(text, 0)
+        for part in loc:
+            if text[position] not in "{[":
+                break
+            entry = self._members(text, position).get(part)
+            if entry is None:
+                break
+            located, position = entry  # an object member is located by its key
+        assert self._newlines is not None
+        return bisect.bisect_left(self._newlines, located) + 1
+
+    def _members(self, text: str, start: int) -> dict[str | int, tuple[int, int]]:
+        """The container at ``start``: each key (or index) → (key offset, value offset)."""
+        cached = self._children.get(start)
+        if cached is not None:
+            return cached
+        members: dict[str | int, tuple[int, int]] = {}
+        name: str | int
+        closing = "}" if text[start] == "{" else "]"
+        position = _skip_whitespace(text, start + 1)
+        index = 0
+        while text[position] != closing:
+            if closing == "}":
+                key_at = position
+                name, position = _DECODER.raw_decode(text, position)
+                position = _skip_whitespace(text, _skip_whitespace(text, position) + 1)  # ':'
+            else:
+                key_at, name, index = position, index, index + 1
+            members[name] = (key_at, position)
+            _, position = _DECODER.raw_decode(text, position)
+            position = _skip_whitespace(text, position)
+            if text[position] == ",":
+                position = _skip_whitespace(text, position + 1)
+        self._children[start] = members
+        return members
 
 
-def _unescape(pointer: str) -> str:
-    """Decode ``\\uXXXX`` escapes the source map keeps verbatim in key text."""
-    if "\\" not in pointer:
-        return pointer
-    try:
-        decoded: str = json.loads(f'"{pointer}"')
-    except ValueError:
-        return pointer
-    return decoded
+_DECODER = json.JSONDecoder()
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _skip_whitespace(text: str, position: int) -> int:
+    match = _WHITESPACE.match(text, position)
+    return match.end() if match else position
 
 
 def load_config(
@@ -184,7 +222,7 @@ def _validate(
     lines: _LineMap | None,
 ) -> LoadedConfig:
     environ = os.environ if environ is None else environ
-    line_map = lines or _LineMap(json.dumps(document, indent=2, ensure_ascii=False))
+    line_map = lines or _LineMap(lambda: json.dumps(document, indent=2, ensure_ascii=False))
     issues: list[ConfigIssue] = []
     if not isinstance(document, dict):
         issues.append(ConfigIssue("", "the config must be a JSON object"))
@@ -298,12 +336,17 @@ def _expand_env(value: Any, loc: Loc, environ: Mapping[str, str], issues: list[C
 # --- unknown keys -------------------------------------------------------------------------------
 
 
-def _field_names(model: type[BaseModel]) -> dict[str, Any]:
-    names: dict[str, Any] = {}
+@functools.cache
+def _schema_keys(model: type[BaseModel]) -> dict[str, tuple[str, type[BaseModel]] | None]:
+    """Each key ``model`` accepts (alias and name) → the one model its value holds, with its
+    container kind (``one`` or ``list``), or None when the value is not exactly one model."""
+    keys: dict[str, tuple[str, type[BaseModel]] | None] = {}
     for name, info in model.model_fields.items():
-        names[info.alias or name] = info.annotation
-        names.setdefault(name, info.annotation)
-    return names
+        nested = list(_models_in(info.annotation))
+        value = nested[0] if len(nested) == 1 else None
+        keys[info.alias or name] = value
+        keys.setdefault(name, value)
+    return keys
 
 
 def _models_in(annotation: Any) -> Iterator[tuple[str, type[BaseModel]]]:
@@ -325,17 +368,17 @@ def _models_in(annotation: Any) -> Iterator[tuple[str, type[BaseModel]]]:
 def _unknown_keys(model: type[BaseModel], data: Any, loc: Loc) -> Iterator[ConfigIssue]:
     if not isinstance(data, dict) or getattr(model, "open_keys", False):
         return
-    known = _field_names(model)
+    known = _schema_keys(model)
     for key, value in data.items():
         if key not in known:
             hint = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
             message = f"unknown key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
             yield ConfigIssue(format_path((*loc, key)), message, Severity.WARNING)
             continue
-        nested = list(_models_in(known[key]))
-        if len(nested) != 1:
+        nested = known[key]
+        if nested is None:
             continue
-        kind, sub_model = nested[0]
+        kind, sub_model = nested
         if kind == "list" and isinstance(value, list):
             for index, item in enumerate(value):
                 yield from _unknown_keys(sub_model, item, (*loc, key, index))

@@ -1312,6 +1312,24 @@ def test_jwt_secret_with_a_lone_surrogate_is_measured_not_crashed_on() -> None:
     assert "at least 32 characters" in issue.message
 
 
+def test_issues_deep_in_a_long_router_list_are_located_on_their_own_lines() -> None:
+    routers = [route(f"/r{i}") for i in range(300)]
+    routers[298]["backends"] = [backend(), backend(port=0)]
+    routers[299]["methods"] = []
+    text = text_of(config(*routers))
+    issues = {issue.path: issue for issue in config_error(text).errors}
+    assert issues["routers[298].backends[1].port"].line == line_of(text, '"port": 0')
+    assert issues["routers[299].methods"].line == line_of(text, '"methods": []')
+
+
+def test_issues_of_a_document_are_located_in_its_two_space_rendering() -> None:
+    document = config(route("/a"), route("/b", methods=[]))
+    with pytest.raises(ConfigError) as info:
+        validate_document(document, environ={})
+    (issue,) = info.value.errors
+    assert issue.line == line_of(json.dumps(document, indent=2), '"methods": []')
+
+
 @pytest.mark.parametrize("key", ["old/routes", "\\u00e9t\\u00e9"], ids=["slash", "escaped"])
 def test_unknown_key_is_located_on_its_own_line_whatever_its_spelling(key: str) -> None:
     text = '{\n  "routers": [\n    ' + json.dumps(route()) + '\n  ],\n  "' + key + '": 1\n}\n'
