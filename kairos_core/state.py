@@ -2,8 +2,11 @@
 outlives configs).
 
 A reload builds a new ``RuntimeState`` and swaps the reference; requests in flight finish on the
-state they started with. ``SharedState`` holds what must survive reloads, keyed by backend or
-route identity: in-flight counts, breakers, rate-limit counters, retry budgets, health, events.
+state they started with. Building (:func:`build_state`) reads nothing that requests change, so
+the gateway runs it off the event loop; only :meth:`RuntimeState.configure_breakers` touches the
+shared breakers, and it runs on the loop just before the swap (:func:`compile_state` does both).
+``SharedState`` holds what must survive reloads, keyed by backend or route identity: in-flight
+counts, breakers, rate-limit counters, retry budgets, health, events.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from kairos_core.config.models import (
     RetryConfig,
     Router,
 )
+from kairos_core.config.rules import breaker_owners
 from kairos_core.cors import CorsPolicy
 from kairos_core.events import EventBus
 from kairos_core.health import HealthChecker
@@ -108,6 +112,7 @@ class RuntimeState:
     cors: CorsPolicy | None
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     shared: SharedState = field(repr=False)
+    breaker_policies: Mapping[str, CircuitBreakerConfig] = field(default_factory=dict, repr=False)
 
     @property
     def config(self) -> GatewayConfig:
@@ -120,6 +125,10 @@ class RuntimeState:
     @property
     def in_flight(self) -> InFlight:
         return self.shared.in_flight
+
+    def configure_breakers(self) -> None:
+        """Point the shared breakers at this config's policies (one per backend; on the loop)."""
+        self.shared.breakers.configure(self.breaker_policies.items())
 
     def unroutable(self) -> list[str]:
         """Ids of routes with no eligible backend (primary or fallback) right now."""
@@ -144,8 +153,14 @@ class RuntimeState:
 
 def compile_state(loaded: LoadedConfig, shared: SharedState | None = None) -> RuntimeState:
     """Build the runtime state of a validated config and point the shared breakers at it."""
+    state = build_state(loaded, shared if shared is not None else SharedState())
+    state.configure_breakers()
+    return state
+
+
+def build_state(loaded: LoadedConfig, shared: SharedState) -> RuntimeState:
+    """Compile a validated config without changing ``shared`` (safe in a worker thread)."""
     config = loaded.config
-    shared = shared if shared is not None else SharedState()
     specs: list[RouteSpec[CompiledRoute]] = []
     routes: dict[str, CompiledRoute] = {}
     ids = route_ids(config.routers)
@@ -163,15 +178,20 @@ def compile_state(loaded: LoadedConfig, shared: SharedState | None = None) -> Ru
                 payload=route,
             )
         )
-    shared.breakers.configure(
-        (backend.key, route.breaker)
-        for route in routes.values()
-        for backend in (*route.backends, *route.fallback)
-    )
+    owners = breaker_owners(enumerate(config.routers), config.circuit_breaker)
     jwt = JwtVerifier(config.jwt) if config.jwt is not None else None
     cors = CorsPolicy(config.cors) if config.cors is not None else None
     trusted = tuple(ipaddress.ip_network(p, strict=False) for p in config.server.trusted_proxies)
-    return RuntimeState(loaded, RouteTable(specs), routes, jwt, cors, trusted, shared)
+    return RuntimeState(
+        loaded,
+        RouteTable(specs),
+        routes,
+        jwt,
+        cors,
+        trusted,
+        shared,
+        {backend: owner.policy for backend, owner in owners.items()},
+    )
 
 
 def _compile_route(

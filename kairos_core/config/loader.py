@@ -11,8 +11,10 @@ holds *every* problem found, each with its JSON path and file line. Order of wor
 5. keys the schema does not know are warnings with a "did you mean" suggestion (errors when
    ``strict``);
 6. the models check types, enums and required fields; the semantic rules of
-   :mod:`kairos_core.config.rules` check everything else. Routers are checked one by one, so a
-   broken router does not hide the problems of the others.
+   :mod:`kairos_core.config.rules` check everything else, all in one pass: routers are checked
+   one by one, and when some part does not validate the rules still run on every part that does
+   (a broken router hides neither the other routers' problems nor a duplicate path or an auth
+   route without a ``jwt`` block).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from pydantic_core import ErrorDetails
 
 from kairos_core.config.errors import ConfigError, ConfigIssue, Severity
 from kairos_core.config.models import GatewayConfig, Router
-from kairos_core.config.rules import check_config, check_router_alone
+from kairos_core.config.rules import Partial, check_config
 
 MAX_CONFIG_BYTES = 10 * 1024 * 1024
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -233,18 +235,13 @@ def _validate(
     _default_admin_token(expanded, environ)
     issues.extend(_unknown_keys(GatewayConfig, expanded, ()))
 
-    config: GatewayConfig | None = None
-    try:
-        config = GatewayConfig.model_validate(expanded)
-    except ValidationError as exc:
-        issues.extend(_issues_from_validation(exc, expanded, ()))
-        issues.extend(_check_routers_alone(expanded))
+    config, partial = _build_model(expanded, issues)
     if config is not None:
-        issues.extend(check_config(config))
+        issues.extend(check_config(config, partial))
 
     located = [_locate(issue, line_map, strict) for issue in _dedupe(issues)]
     located.sort(key=lambda i: (i.severity is not Severity.ERROR, i.line or 0, i.path))
-    if config is None or any(i.severity is Severity.ERROR for i in located):
+    if config is None or partial is not None or any(i.severity is Severity.ERROR for i in located):
         raise ConfigError(located, source=source)
     version = hashlib.sha256(
         json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
@@ -470,14 +467,38 @@ def _jsonable(value: Any) -> bool:
     return True
 
 
-def _check_routers_alone(data: dict[str, Any]) -> Iterator[ConfigIssue]:
-    """When the whole config does not validate, still run the rules on each router that does."""
+def _build_model(
+    data: dict[str, Any], issues: list[ConfigIssue]
+) -> tuple[GatewayConfig | None, Partial | None]:
+    """The config model of ``data``, adding every structural error to ``issues``.
+
+    Routers are validated one by one (a broken router does not hide the others, and no single
+    validation call holds the interpreter for long on a large config). When something does not
+    validate, the model of the parts that did is returned with a :class:`Partial` describing
+    them, so that the semantic rules still run on everything they can check.
+    """
     routers = data.get("routers")
-    if not isinstance(routers, list):
-        return
-    for index, item in enumerate(routers):
+    valid: list[tuple[int, Router]] = []
+    if isinstance(routers, list):
+        for index, item in enumerate(routers):
+            try:
+                valid.append((index, Router.model_validate(item)))
+            except ValidationError as exc:
+                issues.extend(_issues_from_validation(exc, item, ("routers", index)))
+        data = {**data, "routers": [router for _, router in valid]}
+    dropped = isinstance(routers, list) and len(valid) < len(routers)
+    broken: set[str] = set()
+    try:
+        config = GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        issues.extend(_issues_from_validation(exc, data, ()))
+        broken = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
+        rest = {key: value for key, value in data.items() if key not in broken}
         try:
-            router = Router.model_validate(item)
+            config = GatewayConfig.model_validate({"routers": [], **rest})
         except ValidationError:
-            continue  # its structural errors are already reported
-        yield from check_router_alone(router, index)
+            return None, None
+    if not dropped and not broken:
+        return config, None
+    indexes = tuple(index for index, _ in valid) if "routers" not in broken else ()
+    return config, Partial(indexes, dropped, frozenset(broken))

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 from kairos_core.config.errors import ConfigIssue, Severity
 from kairos_core.config.models import (
@@ -79,20 +80,71 @@ def route_ids(routers: Sequence[Router]) -> list[str]:
     return ids
 
 
-def check_config(config: GatewayConfig) -> Iterator[ConfigIssue]:
-    """Every rule, over a config whose shape is valid."""
-    if not config.routers:
+@dataclass(frozen=True, slots=True)
+class BreakerOwner:
+    """The route whose breaker policy a backend follows, and that policy."""
+
+    index: int
+    policy: CircuitBreakerConfig
+
+
+def breaker_owners(
+    routers: Iterable[tuple[int, Router]], default: CircuitBreakerConfig
+) -> dict[str, BreakerOwner]:
+    """Each backend's breaker policy. There is one breaker per backend (``scheme://host:port``),
+    shared by every route that names it; the first route in config order that names the backend
+    (primary backends, then fallbacks) decides the policy: its own ``circuit_breaker``, else
+    ``default`` (the global block). ``routers`` pairs each router with its index."""
+    owners: dict[str, BreakerOwner] = {}
+    for index, router in routers:
+        for backend in (*router.effective_backends, *router.fallback):
+            if backend.key not in owners:
+                owners[backend.key] = BreakerOwner(index, router.circuit_breaker or default)
+    return owners
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """Which parts of a config validated, when not all of it did.
+
+    ``router_indexes`` gives the document position of each router of the partial config (the
+    routers that did not validate are left out, ``routers_dropped`` says some were), and
+    ``broken_blocks`` names the top-level blocks that are present but did not validate.
+    """
+
+    router_indexes: tuple[int, ...] = ()
+    routers_dropped: bool = False
+    broken_blocks: frozenset[str] = frozenset()
+
+
+def check_config(config: GatewayConfig, partial: Partial | None = None) -> Iterator[ConfigIssue]:
+    """Every rule, over a config whose shape is valid, or over the parts of one that are.
+
+    With ``partial``, the cross-field rules still run on what validated (an auth route without a
+    ``jwt`` block, duplicate paths, shared breakers...), so every problem is reported at once; a
+    rule that needs a broken block is skipped rather than run on its defaults (a mistyped
+    ``jwt`` block is not a missing one).
+    """
+    broken = partial.broken_blocks if partial is not None else frozenset()
+    indexes = partial.router_indexes if partial is not None else range(len(config.routers))
+    routers = list(zip(indexes, config.routers, strict=True))
+    dropped = partial is not None and (partial.routers_dropped or "routers" in broken)
+    if not config.routers and not dropped:
         yield ConfigIssue("routers", "no routers configured: the gateway would not route anything")
-    yield from _check_jwt(config)
-    yield from _check_server(config)
+    yield from _check_jwt(config, routers, broken)
+    yield from _check_server(config, broken)
     if config.rate_limit is not None:
-        yield from _check_rate_limit(config.rate_limit, "rate_limit", config)
+        yield from _check_rate_limit(config.rate_limit, "rate_limit", config, broken)
     yield from _check_breaker(config.circuit_breaker, "circuit_breaker")
-    for index, router in enumerate(config.routers):
+    for index, router in routers:
         yield from check_router_alone(router, index)
-        yield from _check_router_in_context(router, index, config)
-    yield from _check_route_set(config.routers)
-    yield from _check_transport_security(config.routers)
+        if router.rate_limit is not None:
+            where = f"routers[{index}].rate_limit"
+            yield from _check_rate_limit(router.rate_limit, where, config, broken)
+    yield from _check_route_set(routers)
+    yield from _check_transport_security(routers)
+    if "circuit_breaker" not in broken:
+        yield from _check_shared_breakers(routers, config.circuit_breaker)
 
 
 def check_router_alone(router: Router, index: int) -> Iterator[ConfigIssue]:
@@ -313,13 +365,14 @@ def _check_regex(pattern: str, at: str) -> Iterator[ConfigIssue]:
 
 
 def _check_rate_limit(
-    limit: RateLimitConfig, at: str, config: GatewayConfig
+    limit: RateLimitConfig, at: str, config: GatewayConfig, broken: frozenset[str]
 ) -> Iterator[ConfigIssue]:
-    if limit.enable_redis and not config.cluster.redis_url:
+    if limit.enable_redis and not config.cluster.redis_url and "cluster" not in broken:
         yield ConfigIssue(
             f"{at}.enable_redis", "shared counters need 'cluster.redis_url' to be set"
         )
-    if any("User" in s for s in limit.strategies) and config.jwt is None:
+    user_keyed = any("User" in s for s in limit.strategies)
+    if user_keyed and config.jwt is None and "jwt" not in broken:
         yield ConfigIssue(
             f"{at}.strategy",
             "per-user limits key on the JWT 'sub', but no 'jwt' block is configured; "
@@ -328,9 +381,11 @@ def _check_rate_limit(
         )
 
 
-def _check_jwt(config: GatewayConfig) -> Iterator[ConfigIssue]:
-    for index, router in enumerate(config.routers):
-        if router.auth_required and config.jwt is None:
+def _check_jwt(
+    config: GatewayConfig, routers: Sequence[tuple[int, Router]], broken: frozenset[str]
+) -> Iterator[ConfigIssue]:
+    for index, router in routers:
+        if router.auth_required and config.jwt is None and "jwt" not in broken:
             yield ConfigIssue(
                 f"routers[{index}].auth_required",
                 "route requires authentication but no 'jwt' block is configured",
@@ -356,11 +411,13 @@ def _check_jwt(config: GatewayConfig) -> Iterator[ConfigIssue]:
         )
 
 
-def _check_server(config: GatewayConfig) -> Iterator[ConfigIssue]:
-    for at, port in (("server.port", config.server.port), ("admin.port", config.admin.port)):
-        if not 1 <= port <= 65535:
+def _check_server(config: GatewayConfig, broken: frozenset[str]) -> Iterator[ConfigIssue]:
+    server, admin = "server" not in broken, "admin" not in broken
+    ports = (("server.port", config.server.port, server), ("admin.port", config.admin.port, admin))
+    for at, port, valid in ports:
+        if valid and not 1 <= port <= 65535:
             yield ConfigIssue(at, f"must be between 1 and 65535, got {port}")
-    for i, proxy in enumerate(config.server.trusted_proxies):
+    for i, proxy in enumerate(config.server.trusted_proxies if server else ()):
         try:
             ipaddress.ip_network(proxy, strict=False)
         except ValueError:
@@ -368,22 +425,40 @@ def _check_server(config: GatewayConfig) -> Iterator[ConfigIssue]:
                 f"server.trusted_proxies[{i}]",
                 f"must be an IP address or CIDR range like '10.0.0.0/8', got {proxy!r}",
             )
-    if config.server.workers > 1 and not config.cluster.redis_url:
-        yield ConfigIssue(
-            "server.workers",
-            f"workers = {config.server.workers} needs 'cluster.redis_url': in-memory rate limits "
-            "and breakers would be per worker",
-        )
-    if not is_loopback(config.admin.host) and not config.admin.token:
+    if server and "cluster" not in broken and (workers := check_workers(config)) is not None:
+        yield workers
+    if admin and not is_loopback(config.admin.host) and not config.admin.token:
         yield ConfigIssue(
             "admin.host",
             f"admin listener on non-loopback host {config.admin.host!r} needs 'admin.token' "
             "(or KAIROS_ADMIN_TOKEN)",
         )
-    if config.admin.token is not None and len(config.admin.token) < 16:
+    if admin and config.admin.token is not None and len(config.admin.token) < 16:
         yield ConfigIssue("admin.token", "admin token is short; use at least 16 random chars", W)
-    if (config.server.host, config.server.port) == (config.admin.host, config.admin.port):
+    same = (config.server.host, config.server.port) == (config.admin.host, config.admin.port)
+    if server and admin and same:
         yield ConfigIssue("admin.port", "the admin and proxy listeners cannot share an address")
+
+
+def check_workers(config: GatewayConfig) -> ConfigIssue | None:
+    """``server.workers`` above 1 needs ``cluster.redis_url`` (in-memory limits and breakers would
+    be per worker), and multi-worker cluster mode is not available yet, so it is refused even
+    with Redis. ``kairos validate``, the gateway's start and reloads, and the admin API all get
+    this answer from here."""
+    workers = config.server.workers
+    if workers <= 1:
+        return None
+    if not config.cluster.redis_url:
+        return ConfigIssue(
+            "server.workers",
+            f"workers = {workers} needs 'cluster.redis_url': in-memory rate limits and breakers "
+            "would be per worker",
+        )
+    return ConfigIssue(
+        "server.workers",
+        f"workers = {workers}: multi-worker cluster mode is not available in this release; "
+        "run one worker per instance",
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -395,16 +470,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _check_router_in_context(
-    router: Router, index: int, config: GatewayConfig
-) -> Iterator[ConfigIssue]:
-    if router.rate_limit is not None:
-        yield from _check_rate_limit(router.rate_limit, f"routers[{index}].rate_limit", config)
-
-
-def _check_route_set(routers: Sequence[Router]) -> Iterator[ConfigIssue]:
+def _check_route_set(routers: Sequence[tuple[int, Router]]) -> Iterator[ConfigIssue]:
     seen_names: dict[str, int] = {}
-    for index, router in enumerate(routers):
+    for index, router in routers:
         if router.name is None:
             continue
         if router.name in seen_names:
@@ -414,8 +482,9 @@ def _check_route_set(routers: Sequence[Router]) -> Iterator[ConfigIssue]:
             )
         seen_names.setdefault(router.name, index)
 
+    by_index = dict(routers)
     specs: list[RouteSpec[int]] = []
-    for index, router in enumerate(routers):
+    for index, router in routers:
         try:
             specs.append(
                 RouteSpec(
@@ -432,16 +501,16 @@ def _check_route_set(routers: Sequence[Router]) -> Iterator[ConfigIssue]:
             continue  # reported by check_router_alone
     for first, second in find_conflicts(specs):
         a, b = first.payload, second.payload
-        if routers[a].external_path == routers[b].external_path:
+        path_a, path_b = by_index[a].external_path, by_index[b].external_path
+        if path_a == path_b:
             yield ConfigIssue(
                 f"routers[{b}].external_path",
-                f"duplicate route path {routers[b].external_path!r} "
-                f"(same methods and hosts as routers[{a}])",
+                f"duplicate route path {path_b!r} (same methods and hosts as routers[{a}])",
             )
         else:
             yield ConfigIssue(
                 f"routers[{b}].external_path",
-                f"{routers[b].external_path!r} conflicts with {routers[a].external_path!r} "
+                f"{path_b!r} conflicts with {path_a!r} "
                 f"(routers[{a}]): same shape, so routers[{a}] always wins",
                 W,
             )
@@ -458,10 +527,10 @@ def _check_route_set(routers: Sequence[Router]) -> Iterator[ConfigIssue]:
         )
 
 
-def _check_transport_security(routers: Sequence[Router]) -> Iterator[ConfigIssue]:
+def _check_transport_security(routers: Sequence[tuple[int, Router]]) -> Iterator[ConfigIssue]:
     plain: dict[str, str] = {}
     secure = 0
-    for index, router in enumerate(routers):
+    for index, router in routers:
         for b, backend in enumerate(router.effective_backends):
             where = f"routers[{index}]" + ("" if router.backends is None else f".backends[{b}]")
             if backend.scheme == "http":
@@ -479,3 +548,34 @@ def _check_transport_security(routers: Sequence[Router]) -> Iterator[ConfigIssue
         yield ConfigIssue(
             "routers", "every backend uses plain HTTP; consider HTTPS in production", R
         )
+
+
+def _check_shared_breakers(
+    routers: Sequence[tuple[int, Router]], default: CircuitBreakerConfig
+) -> Iterator[ConfigIssue]:
+    """A route's ``circuit_breaker`` does nothing for a backend an earlier route names first
+    (:func:`breaker_owners`): say so, naming both routes and the backend."""
+    owners = breaker_owners(routers, default)
+    by_index = dict(routers)
+    for index, router in routers:
+        policy = router.circuit_breaker
+        if policy is None:
+            continue
+        keys = dict.fromkeys(b.key for b in (*router.effective_backends, *router.fallback))
+        for key in keys:
+            owner = owners[key]
+            if owner.index == index or owner.policy == policy:
+                continue
+            yield ConfigIssue(
+                f"routers[{index}].circuit_breaker",
+                f"is ignored for backend {key}: routers[{owner.index}] "
+                f"({_label(by_index[owner.index])}) names that backend first, and the breaker is "
+                f"per backend, so its policy decides for every route; routers[{index}] "
+                f"({_label(router)}) gets that breaker too. Give both routes the same "
+                "circuit_breaker, or set it on the first",
+                W,
+            )
+
+
+def _label(router: Router) -> str:
+    return repr(router.name) if router.name else repr(router.external_path)

@@ -27,6 +27,7 @@ from kairos_core.config import (
     route_ids,
     validate_document,
 )
+from kairos_core.state import compile_state
 
 SECRET = "k3Jq9vXw2LmN8pRt5YzA7bCd4EfGh6Ui"  # 32 characters, no placeholder marker
 ADMIN_TOKEN = "t0k3n-Vq8zR2mW5xL9pN4s"
@@ -718,9 +719,60 @@ def test_same_path_on_other_hosts_is_no_conflict() -> None:
     assert load(document).issues == ()
 
 
-def test_workers_above_one_load_when_redis_is_configured() -> None:
+def test_workers_above_one_are_refused_even_with_redis_until_cluster_mode_exists() -> None:
     document = config(server={"workers": 2}, cluster={"redis_url": "redis://127.0.0.1:6379/0"})
-    assert load(document).config.server.workers == 2
+    issue = only_error(document)
+    assert issue.path == "server.workers"
+    assert issue.message == (
+        "workers = 2: multi-worker cluster mode is not available in this release; "
+        "run one worker per instance"
+    )
+    assert issue.line == line_of(text_of(document), '"workers"')
+
+
+def test_a_route_breaker_ignored_for_a_backend_an_earlier_route_names_is_a_warning() -> None:
+    document = config(
+        route("/a", name="first"),
+        route("/b", name="second", circuit_breaker={"failure_threshold": 2}),
+    )
+    warning = issue_at(load(document).issues, "routers[1].circuit_breaker", Severity.WARNING)
+    assert warning.message.startswith(
+        "is ignored for backend https://users.internal:443: routers[0] ('first') names that "
+        "backend first"
+    )
+    assert "routers[1] ('second') gets that breaker too" in warning.message
+    assert warning.line == line_of(text_of(document), '"circuit_breaker"')
+
+
+def test_the_shared_breaker_warning_says_what_the_gateway_does() -> None:
+    first, shadowed = CircuitBreakerConfig(), CircuitBreakerConfig(failure_threshold=2)
+    document = config(
+        route("/a"),
+        route(
+            "/b",
+            circuit_breaker=shadowed.model_dump(),
+            fallback=[backend("https://spare.internal")],
+        ),
+    )
+    breakers = compile_state(load(document)).shared.breakers
+    policies = {breaker.backend: breaker.policy for breaker in breakers}
+    assert policies == {
+        "https://users.internal:443": first,
+        "https://spare.internal:443": shadowed,
+    }
+
+
+def test_a_route_breaker_on_its_own_backend_or_equal_to_the_deciding_one_is_silent() -> None:
+    document = config(
+        route("/a", circuit_breaker={"failure_threshold": 2}),
+        route("/b", circuit_breaker={"failure_threshold": 2}),
+        route(
+            "/c",
+            backends=[backend("https://other.internal")],
+            circuit_breaker={"failure_threshold": 9},
+        ),
+    )
+    assert load(document).issues == ()
 
 
 def test_public_admin_listener_loads_with_a_token() -> None:
@@ -840,6 +892,52 @@ def test_a_structurally_broken_router_does_not_hide_the_rules_of_the_others() ->
         "routers[2].internal_path",
     }
     assert error.summary().splitlines()[0] == "<config>: 3 error(s)"
+
+
+def test_cross_field_problems_are_reported_together_with_field_errors() -> None:
+    document = config(
+        route("/a", backends=[backend(port="abc")]),
+        route("/b", auth_required=True),
+        route("/b"),
+        server={"port": "x", "trusted_proxies": ["not-an-ip"]},
+        rate_limit={"strategy": "PerIP", "requests_per_window": 0, "window_duration": 1},
+    )
+    errors = {e.path: e for e in config_error(document).errors}
+    assert set(errors) == {
+        "routers[0].backends[0].port",
+        "server.port",
+        "rate_limit.requests_per_window",
+        "routers[1].auth_required",
+        "routers[2].external_path",
+    }
+    assert "no 'jwt' block is configured" in errors["routers[1].auth_required"].message
+    assert "duplicate route path '/b'" in errors["routers[2].external_path"].message
+    assert "routers[1]" in errors["routers[2].external_path"].message
+    text = text_of(document)
+    assert errors["routers[1].auth_required"].line == line_of(text, '"auth_required"')
+
+
+def test_a_broken_block_is_not_reported_as_a_missing_one() -> None:
+    document = config(
+        route(
+            auth_required=True,
+            rate_limit={
+                "strategy": "PerUser",
+                "requests_per_window": 1,
+                "window_duration": 1,
+                "enable_redis": True,
+            },
+        ),
+        jwt={"secret": 5},
+        cluster={"redis_url": 6379},
+    )
+    issues = config_error(document).issues
+    assert {i.path for i in issues} == {"jwt.secret", "cluster.redis_url"}
+
+
+def test_routers_that_all_fail_are_not_reported_as_no_routers() -> None:
+    issue = only_error(config(route(backends=[backend(port="abc")])))
+    assert issue.path == "routers[0].backends[0].port"
 
 
 def test_errors_are_listed_before_warnings_and_in_file_order() -> None:
