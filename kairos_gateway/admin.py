@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 from urllib.parse import unquote
 
@@ -46,8 +47,11 @@ from kairos_core.events import Event
 from kairos_core.metrics import HISTORY_SECONDS
 from kairos_gateway.runtime import GatewayRuntime, VersionConflict
 
+log = logging.getLogger("kairos.admin")
 PUBLIC_PATHS = frozenset({"/health", "/live", "/ready"})
 EVENT_QUEUE_SIZE = 1000
+# a config nests a few levels (routers[].request_transformation.headers[]...); the rest is abuse
+MAX_BODY_DEPTH = 64
 SSE_KEEPALIVE_S = 15.0
 Handler = Callable[..., Coroutine[Any, Any, HTTPResponse | None]]
 
@@ -114,6 +118,8 @@ def build_admin_app(runtime: GatewayRuntime) -> Sanic[Any, Any]:
         if isinstance(exception, AdminError):
             return error_response(exception, _request_id(request))
         status = getattr(exception, "status_code", 500)
+        if status >= 500:
+            log.error("%s %s failed", request.method, request.path, exc_info=exception)
         kinds = {404: "not_found", 405: "bad_request", 413: "payload_too_large"}
         kind = kinds.get(status, "bad_request" if status < 500 else "internal")
         message = str(exception) if status < 500 else "internal error"
@@ -263,18 +269,22 @@ class AdminApi:
     # --- routes -------------------------------------------------------------------------------
 
     async def list_routes(self, request: Request) -> HTTPResponse:
-        state = self.runtime.state
-        return reply(
-            models.RouteList(routes=self._route_infos(), config_version=state.version),
-            etag=state.version,
-        )
+        loaded = self.runtime.state.loaded
+
+        def answer() -> HTTPResponse:
+            routes = self._route_infos(loaded, range(len(loaded.config.routers)))
+            body = models.RouteList(routes=routes, config_version=loaded.version)
+            return reply(body, etag=loaded.version)
+
+        return await asyncio.to_thread(answer)
 
     async def get_route(self, request: Request, route_id: str) -> HTTPResponse:
-        info = self._route_info(unquote(route_id))
-        return reply(info, etag=self.runtime.state.version)
+        loaded = self.runtime.state.loaded
+        (info,) = self._route_infos(loaded, [self._route_index(loaded, unquote(route_id))])
+        return reply(info, etag=loaded.version)
 
     async def create_route(self, request: Request) -> HTTPResponse:
-        body = _json_object(request)
+        body = await _json_object(request)
 
         def add(current: LoadedConfig) -> dict[str, Any]:
             name = body.get("name")
@@ -283,14 +293,14 @@ class AdminApi:
             return with_route_added(current.document, body)
 
         before, after = await self._apply(request, add, "route created", duplicate_is_conflict=True)
-        created = self._route_infos(after)[len(before.config.routers)]
+        (created,) = self._route_infos(after, [len(before.config.routers)])
         self._publish_route("created", created.id)
         return reply(
             models.RouteChange(route=created, config_version=after.version), 201, after.version
         )
 
     async def update_route(self, request: Request, route_id: str) -> HTTPResponse:
-        body = _json_object(request)
+        body = await _json_object(request)
         wanted = unquote(route_id)
         index = -1
 
@@ -301,7 +311,7 @@ class AdminApi:
             return with_route_replaced(current.document, index, restore_secrets(body, running))
 
         _, after = await self._apply(request, replace, "route updated", duplicate_is_conflict=True)
-        updated = self._route_infos(after)[index]
+        (updated,) = self._route_infos(after, [index])
         self._publish_route("updated", updated.id)
         return reply(
             models.RouteChange(route=updated, config_version=after.version), etag=after.version
@@ -324,17 +334,15 @@ class AdminApi:
                 return index
         raise AdminError(404, "not_found", f"no route with id {route_id!r}")
 
-    def _route_infos(self, loaded: LoadedConfig | None = None) -> list[models.RouteInfo]:
-        loaded = loaded or self.runtime.state.loaded
+    @staticmethod
+    def _route_infos(loaded: LoadedConfig, indexes: Iterable[int]) -> list[models.RouteInfo]:
+        """The routes at ``indexes``, as written (secrets redacted)."""
+        ids = route_ids(loaded.config.routers)
         documents = loaded.document.get("routers", [])
         return [
-            models.RouteInfo(id=route_id, index=index, config=redact(documents[index]))
-            for index, route_id in enumerate(route_ids(loaded.config.routers))
+            models.RouteInfo(id=ids[index], index=index, config=redact(documents[index]))
+            for index in indexes
         ]
-
-    def _route_info(self, route_id: str) -> models.RouteInfo:
-        loaded = self.runtime.state.loaded
-        return self._route_infos(loaded)[self._route_index(loaded, route_id)]
 
     def _publish_route(self, action: str, route_id: str) -> None:
         self.runtime.shared.events.publish("route", {"action": action, "route": route_id})
@@ -343,13 +351,17 @@ class AdminApi:
 
     async def get_config(self, request: Request) -> HTTPResponse:
         loaded = self.runtime.state.loaded
-        body = models.ConfigDocument(
-            config=redact(loaded.document), config_version=loaded.version, source=loaded.source
-        )
-        return reply(body, etag=loaded.version)
+
+        def answer() -> HTTPResponse:
+            body = models.ConfigDocument(
+                config=redact(loaded.document), config_version=loaded.version, source=loaded.source
+            )
+            return reply(body, etag=loaded.version)
+
+        return await asyncio.to_thread(answer)
 
     async def put_config(self, request: Request) -> HTTPResponse:
-        body = _json_object(request)
+        body = await _json_object(request)
 
         def replace_all(current: LoadedConfig) -> dict[str, Any]:
             return restore_secrets(body, current.document)
@@ -360,18 +372,23 @@ class AdminApi:
         )
 
     async def validate_config(self, request: Request) -> HTTPResponse:
-        body = restore_secrets(_json_object(request), self.runtime.state.loaded.document)
-        try:
-            loaded = validate_document(body, source="<request>")
-        except ConfigError as exc:
-            return reply(
-                models.ValidationResult(
-                    valid=False,
-                    errors=_issues(exc.errors),
-                    warnings=_issues([i for i in exc.issues if i not in exc.errors]),
+        sent = await _json_object(request)
+        running = self.runtime.state.loaded.document
+
+        def answer() -> HTTPResponse:
+            try:
+                loaded = validate_document(restore_secrets(sent, running), source="<request>")
+            except ConfigError as exc:
+                return reply(
+                    models.ValidationResult(
+                        valid=False,
+                        errors=_issues(exc.errors),
+                        warnings=_issues([i for i in exc.issues if i not in exc.errors]),
+                    )
                 )
-            )
-        return reply(models.ValidationResult(valid=True, warnings=_issues(loaded.issues)))
+            return reply(models.ValidationResult(valid=True, warnings=_issues(loaded.issues)))
+
+        return await asyncio.to_thread(answer)
 
     async def reload_config(self, request: Request) -> HTTPResponse:
         try:
@@ -450,7 +467,7 @@ class AdminApi:
     async def route_test(self, request: Request) -> HTTPResponse:
         """The dry run of ``kairos route-test`` on the running config and live backend states."""
         try:
-            asked = models.RouteTestRequest.model_validate(_json_object(request))
+            asked = models.RouteTestRequest.model_validate(await _json_object(request))
         except ValidationError as exc:
             raise AdminError(400, "bad_request", f"invalid route-test request: {exc}") from exc
         states = {
@@ -493,14 +510,39 @@ def _issues(issues: Any) -> list[models.ValidationIssue]:
     return [models.ValidationIssue.model_validate(issue.to_dict()) for issue in issues]
 
 
-def _json_object(request: Request) -> dict[str, Any]:
+async def _json_object(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object (parsed off the event loop: it may be a whole config)."""
+    return await asyncio.to_thread(_parse_json_object, request.body or b"null")
+
+
+def _parse_json_object(raw: bytes) -> dict[str, Any]:
+    too_deep = AdminError(
+        400, "bad_request", f"request body is nested more than {MAX_BODY_DEPTH} levels deep"
+    )
     try:
-        body = json.loads(request.body or b"null")
+        body = json.loads(raw)
+    except RecursionError as exc:
+        raise too_deep from exc
     except ValueError as exc:
         raise AdminError(400, "bad_request", f"request body is not JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise AdminError(400, "bad_request", "request body must be a JSON object")
+    if _depth_exceeds(body, MAX_BODY_DEPTH):
+        raise too_deep
     return body
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether JSON ``value`` nests more than ``limit`` objects and arrays (walked without
+    recursion, so no depth can overflow the stack)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def _int_arg(request: Request, name: str, default: int, low: int, high: int) -> int:

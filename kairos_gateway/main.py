@@ -1,7 +1,8 @@
 """``kairos-gateway [CONFIG]``: validate the config, then serve the proxy and admin listeners.
 
-A config that does not validate is reported (the same issues ``kairos validate`` prints) and the
-process exits with status 1 before binding any port.
+A config that does not validate is reported (the same issues ``kairos validate`` prints, the
+``server.workers`` rule included) and the process exits with status 1 before binding any port;
+the warnings of one that does are logged at WARNING.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from kairos_core.config import ConfigError, load_config
 from kairos_core.config.rules import is_loopback
 from kairos_gateway.admin import build_admin_app
 from kairos_gateway.app import build_proxy_app
-from kairos_gateway.runtime import GatewayRuntime
+from kairos_gateway.runtime import GatewayRuntime, log_config_issues
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,17 +96,9 @@ def main(argv: list[str] | None = None) -> None:
         for issue in exc.issues:
             print(f"  {issue.severity}: {issue}", file=sys.stderr)
         raise SystemExit(1) from None
-    for issue in loaded.issues:
-        logging.getLogger("kairos.config").info("%s: %s", issue.severity, issue)
+    log_config_issues(loaded)
 
     config = loaded.config
-    if config.server.workers > 1:
-        print(
-            f"✗ server.workers = {config.server.workers}: multi-worker cluster mode is not "
-            "available in this release; run one worker per instance",
-            file=sys.stderr,
-        )
-        raise SystemExit(1)
     runtime = GatewayRuntime(
         loaded, path, log_format=args.log_format, upstream_client=args.upstream_client
     )

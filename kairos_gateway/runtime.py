@@ -6,6 +6,10 @@ on the state they started with; a file that does not validate is rejected, its r
 the running config kept. ``SIGHUP`` triggers the same reload. Admin API edits go the other way:
 validated first, written atomically, then swapped in; the file watcher then sees a file whose
 content is already running and does nothing.
+
+Proxied requests never wait for a config change: reading, validating and compiling a config run
+in a worker thread; only the swap itself (pointing the shared breakers at the new policies, one
+reference assignment, health-check targets) runs on the event loop.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from kairos_core.config import (
     ConfigError,
     ConfigIssue,
     LoadedConfig,
+    Severity,
     load_config,
     validate_document,
 )
@@ -36,10 +41,11 @@ from kairos_core.events import Event
 from kairos_core.h1client import H1Upstream
 from kairos_core.metrics import Metrics
 from kairos_core.pipeline import Pipeline, RequestRecord
-from kairos_core.state import RuntimeState, SharedState, compile_state
+from kairos_core.state import RuntimeState, SharedState, build_state, compile_state
 from kairos_core.upstream import AiohttpUpstream, UpstreamClient
 
 log = logging.getLogger("kairos.gateway")
+config_log = logging.getLogger("kairos.config")
 access_log = logging.getLogger("kairos.access")
 _STATE_CODES = {"closed": 0, "open": 1, "half_open": 2}
 
@@ -111,16 +117,12 @@ class GatewayRuntime:
         async with self._reload_lock:
             try:
                 loaded = await asyncio.to_thread(load_config, self.config_path)
-            except ConfigError as exc:
-                self._rejected(reason, exc)
-                raise
-            try:
                 self._guard_admin(loaded)
             except ConfigError as exc:
                 self._rejected(reason, exc)
                 raise
             if loaded.version != self.state.version:
-                self._swap(loaded, reason)
+                self._swap(await asyncio.to_thread(build_state, loaded, self.shared), reason)
             return loaded
 
     async def apply_edit(
@@ -141,18 +143,29 @@ class GatewayRuntime:
             before = self.state.loaded
             if if_match is not None and not _matches(if_match, before.version):
                 raise VersionConflict(before.version)
-            document = edit(before)
-            loaded = validate_document(dict(document), source=str(self.config_path))
+            state = await asyncio.to_thread(self._build_edit, edit, before)
+            loaded = state.loaded
             self._guard_admin(loaded)
             await asyncio.to_thread(write_atomically, self.config_path, loaded.document)
-            self._swap(loaded, reason)
+            self._swap(state, reason)
             return before, loaded
 
-    def _swap(self, loaded: LoadedConfig, reason: str) -> None:
-        self.pipeline.swap(compile_state(loaded, self.shared))
+    def _build_edit(
+        self, edit: Callable[[LoadedConfig], Mapping[str, Any]], before: LoadedConfig
+    ) -> RuntimeState:
+        """The state ``edit`` leads to (in a worker thread: nothing here touches live state)."""
+        document = edit(before)
+        loaded = validate_document(dict(document), source=str(self.config_path))
+        return build_state(loaded, self.shared)
+
+    def _swap(self, state: RuntimeState, reason: str) -> None:
+        loaded = state.loaded
+        state.configure_breakers()
+        self.pipeline.swap(state)
         self._configure_health()
         self.metrics.reload("success")
         log.info("config applied (%s): version %s", reason, loaded.version)
+        log_config_issues(loaded)
         self.shared.events.publish(
             "reload", {"result": "success", "reason": reason, "version": loaded.version}
         )
@@ -258,6 +271,14 @@ class GatewayRuntime:
             access_log.info(json.dumps(fields))
         else:
             access_log.info(" ".join(f"{k}={'-' if v is None else v}" for k, v in fields.items()))
+
+
+def log_config_issues(loaded: LoadedConfig) -> None:
+    """Log a running config's issues: every warning at WARNING (a typo must not hide in INFO
+    lines), recommendations at INFO."""
+    for issue in loaded.issues:
+        level = logging.INFO if issue.severity is Severity.RECOMMENDATION else logging.WARNING
+        config_log.log(level, "%s: %s", issue.severity, issue)
 
 
 class VersionConflict(Exception):
