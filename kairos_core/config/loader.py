@@ -8,8 +8,8 @@ holds *every* problem found, each with its JSON path and file line. Order of wor
 3. keys beginning with ``_`` (``_comment``) are dropped at every level;
 4. string values expand ``${VAR}`` and ``${VAR:-default}``; an unset variable with no default is an
    error naming the variable (secrets must not silently become empty strings);
-5. keys the schema does not know are warnings with a "did you mean" suggestion (errors when
-   ``strict``);
+5. keys the schema does not know are errors with a "did you mean" suggestion: a typo such as
+   ``auth_requried`` must never start a route public (``strict`` turns warnings into errors);
 6. the models check types, enums and required fields; the semantic rules of
    :mod:`kairos_core.config.rules` check everything else, all in one pass: routers are checked
    one by one, and when some part does not validate the rules still run on every part that does
@@ -370,7 +370,7 @@ def _unknown_keys(model: type[BaseModel], data: Any, loc: Loc) -> Iterator[Confi
         if key not in known:
             hint = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
             message = f"unknown key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-            yield ConfigIssue(format_path((*loc, key)), message, Severity.WARNING)
+            yield ConfigIssue(format_path((*loc, key)), message)
             continue
         nested = known[key]
         if nested is None:

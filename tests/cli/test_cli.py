@@ -208,18 +208,30 @@ def test_validate_json_of_a_missing_file_exits_2(tmp_path: Path) -> None:
     assert "file not found" in document["errors"][0]["message"]
 
 
-def test_strict_turns_an_unknown_key_warning_into_an_error(tmp_path: Path) -> None:
+def test_an_unknown_key_is_an_error_with_its_suggestion(tmp_path: Path) -> None:
     document = json.loads(json.dumps(CONFIG))
     document["routers"][0]["retyr"] = {}
     path = write_config(tmp_path / "typo.json", document)
+    result = kairos("validate", path)
+    assert result.exit_code == 1
+    assert "errors (1):" in result.stdout
+    assert (
+        f"routers[0].retyr (line {line_of(path, 'retyr')}): unknown key 'retyr'; "
+        "did you mean 'retry'?"
+    ) in result.stdout
+
+
+def test_strict_turns_a_warning_into_an_error(tmp_path: Path) -> None:
+    document = json.loads(json.dumps(CONFIG))
+    document["routers"][0].update(timeout_ms=5000, deadline_ms=1000)
+    path = write_config(tmp_path / "warning.json", document)
     relaxed = kairos("validate", path)
     assert relaxed.exit_code == 0
     assert "warnings (1):" in relaxed.stdout
-    assert "unknown key 'retyr'; did you mean 'retry'?" in relaxed.stdout
     strict = kairos("validate", path, "--strict")
     assert strict.exit_code == 1
     assert "errors (1):" in strict.stdout
-    assert f"routers[0].retyr (line {line_of(path, 'retyr')})" in strict.stdout
+    assert f"routers[0].timeout_ms (line {line_of(path, 'timeout_ms')})" in strict.stdout
 
 
 def test_validate_invalid_json_shows_the_line(tmp_path: Path) -> None:

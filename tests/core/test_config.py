@@ -944,6 +944,7 @@ def test_errors_are_listed_before_warnings_and_in_file_order() -> None:
     document = config(
         route("/a", backends=[backend(port=0)], extra_key=1),
         route("/b", methods=["get"]),
+        route("/c", timeout_ms=5000, deadline_ms=1000),
         jwt={"secret": "short"},
     )
     issues = config_error(document).issues
@@ -951,7 +952,8 @@ def test_errors_are_listed_before_warnings_and_in_file_order() -> None:
     assert severities == sorted(severities, key=lambda s: s is not Severity.ERROR)
     error_lines = [i.line or 0 for i in issues if i.severity is Severity.ERROR]
     assert error_lines == sorted(error_lines)
-    assert issue_at(issues, "routers[0].extra_key", Severity.WARNING)
+    assert issue_at(issues, "routers[0].extra_key")
+    assert issue_at(issues, "routers[2].timeout_ms", Severity.WARNING)
 
 
 def test_config_error_summary_names_the_source_and_every_error() -> None:
@@ -1032,20 +1034,36 @@ def test_underscore_keys_are_ignored_at_every_depth() -> None:
     assert loaded.config.routers[0].retry.max_retries == 2
 
 
-def test_unknown_key_is_a_warning_with_a_suggestion() -> None:
-    document = config(route(auth_requird=True))
-    loaded = load(document)
-    warning = issue_at(loaded.issues, "routers[0].auth_requird", Severity.WARNING)
-    assert warning.message == "unknown key 'auth_requird'; did you mean 'auth_required'?"
-    assert warning.line == line_of(text_of(document), '"auth_requird"')
-    assert loaded.config.routers[0].auth_required is False
+def test_unknown_key_is_an_error_with_a_suggestion() -> None:
+    document = config(route(auth_requried=True), jwt={"secret": SECRET})
+    issue = only_error(document)
+    assert issue.path == "routers[0].auth_requried"
+    assert issue.message == "unknown key 'auth_requried'; did you mean 'auth_required'?"
+    assert issue.line == line_of(text_of(document), '"auth_requried"')
 
 
-def test_unknown_key_is_an_error_under_strict() -> None:
-    document = config(route(auth_requird=True))
-    issue = only_error(document, strict=True)
-    assert issue.path == "routers[0].auth_requird"
-    assert "did you mean 'auth_required'?" in issue.message
+@pytest.mark.parametrize(
+    ("block", "key", "suggestion"),
+    [
+        ({"jwt": {"secret": SECRET, "isuer": "kairos"}}, "jwt.isuer", "issuer"),
+        ({"server": {"max_body_byte": 10}}, "server.max_body_byte", "max_body_bytes"),
+        ({"admin": {"tokn": ADMIN_TOKEN}}, "admin.tokn", "token"),
+        ({"circuit_breaker": {"reset_timeout": 5}}, "circuit_breaker.reset_timeout", None),
+    ],
+    ids=["jwt", "server", "admin", "breaker-unit-missing"],
+)
+def test_unknown_keys_are_errors_in_every_block(
+    block: dict[str, Any], key: str, suggestion: str | None
+) -> None:
+    issue = only_error(config(**block))
+    assert issue.path == key
+    if suggestion is not None:
+        assert issue.message.endswith(f"did you mean {suggestion!r}?")
+
+
+def test_underscore_keys_next_to_a_typo_stay_comments() -> None:
+    document = config(route(_auth_requried=True, auth_requried=True), jwt={"secret": SECRET})
+    assert only_error(document).path == "routers[0].auth_requried"
 
 
 def test_misspelt_required_key_is_reported_with_its_suggestion() -> None:
@@ -1053,13 +1071,11 @@ def test_misspelt_required_key_is_reported_with_its_suggestion() -> None:
     typo["extrnal_path"] = typo.pop("external_path")
     issues = config_error(config(typo)).issues
     assert issue_at(issues, "routers[0].external_path").message == "is required"
-    warning = issue_at(issues, "routers[0].extrnal_path", Severity.WARNING)
-    assert "did you mean 'external_path'?" in warning.message
+    assert "did you mean 'external_path'?" in issue_at(issues, "routers[0].extrnal_path").message
 
 
 def test_unknown_key_far_from_any_known_key_gets_no_suggestion() -> None:
-    loaded = load(config(server={"zzzz": 1}))
-    assert issue_at(loaded.issues, "server.zzzz", Severity.WARNING).message == "unknown key 'zzzz'"
+    assert only_error(config(server={"zzzz": 1})).message == "unknown key 'zzzz'"
 
 
 def test_invalid_json_is_reported_with_its_line() -> None:
@@ -1431,6 +1447,6 @@ def test_issues_of_a_document_are_located_in_its_two_space_rendering() -> None:
 @pytest.mark.parametrize("key", ["old/routes", "\\u00e9t\\u00e9"], ids=["slash", "escaped"])
 def test_unknown_key_is_located_on_its_own_line_whatever_its_spelling(key: str) -> None:
     text = '{\n  "routers": [\n    ' + json.dumps(route()) + '\n  ],\n  "' + key + '": 1\n}\n'
-    (warning,) = load(text).issues
-    assert warning.message.startswith("unknown key")
-    assert warning.line == 5
+    issue = only_error(text)
+    assert issue.message.startswith("unknown key")
+    assert issue.line == 5
