@@ -150,10 +150,18 @@ def _bad_configs(port: int, admin_port: int) -> dict[str, tuple[str, str, str]]:
             ",,",
             "json",
         ),
+        "typo": (
+            head + '  "routers": [\n    {\n      "external_path": "/a",\n'
+            '      "internal_path": "/a",\n      "methods": ["GET"],\n'
+            '      "auth_requried": true,\n'
+            '      "backends": [{"host": "http://127.0.0.1", "port": 9}]\n    }\n  ]\n}\n',
+            '"auth_requried"',
+            "unknown key 'auth_requried'; did you mean 'auth_required'?",
+        ),
     }
 
 
-@pytest.mark.parametrize("kind", ["semantic", "syntax"])
+@pytest.mark.parametrize("kind", ["semantic", "syntax", "typo"])
 def test_invalid_config_exits_non_zero_naming_file_and_line(tmp_path: Path, kind: str) -> None:
     port, admin_port = free_port(), free_port()
     text, marker, word = _bad_configs(port, admin_port)[kind]
