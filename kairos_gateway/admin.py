@@ -35,7 +35,10 @@ from kairos_core.config import (
     validate_document,
 )
 from kairos_core.config.store import (
+    REDACTED,
+    is_secret_header,
     redact,
+    redact_query,
     restore_secrets,
     with_route_added,
     with_route_removed,
@@ -485,7 +488,7 @@ class AdminApi:
             body=asked.body.encode() if asked.body is not None else None,
             backend_states=states,
         )
-        report = plan.to_dict()
+        report = _without_secrets(plan.to_dict())
         return reply(
             models.RouteTest(
                 outcome=report["outcome"],
@@ -499,6 +502,31 @@ class AdminApi:
 
     async def ai_decisions(self, request: Request) -> HTTPResponse:
         return reply(models.AiDecisionList(decisions=[]))
+
+
+def _without_secrets(report: dict[str, Any]) -> dict[str, Any]:
+    """A dry-run report with credential-named header and query values redacted, as in
+    ``GET /api/config``: the plan shows what a transformation sets, never the secret it sets."""
+    url = report.get("upstream_url")
+    if isinstance(url, str) and "?" in url:
+        base, _, query = url.partition("?")
+        report["upstream_url"] = f"{base}?{redact_query(query)}"
+        report["message"] = str(report.get("message", "")).replace(url, report["upstream_url"])
+    request_transform = report.get("request_transform")
+    if isinstance(request_transform, dict):
+        for parts in request_transform.values():
+            if isinstance(parts, dict):
+                parts["query"] = redact_query(parts.get("query") or "")
+                parts["headers"] = [
+                    [name, REDACTED if is_secret_header(name) else value]
+                    for name, value in parts.get("headers") or []
+                ]
+    response_transform = report.get("response_transform")
+    if isinstance(response_transform, dict):
+        response_transform["headers"] = redact(
+            {"headers": response_transform.get("headers") or []}
+        )["headers"]
+    return report
 
 
 def _sse(event: Event) -> str:

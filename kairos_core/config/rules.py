@@ -262,18 +262,11 @@ def _check_backend(
     backend: Backend, at: str, protocol: str, legacy: bool = False
 ) -> Iterator[ConfigIssue]:
     allowed = BACKEND_SCHEMES if protocol == "websocket" else ("http", "https")
-    if backend.scheme not in allowed or not backend.host.split("://", 1)[-1].strip("/"):
-        yield ConfigIssue(
-            f"{at}.host",
-            f"backend host must start with {', '.join(s + '://' for s in allowed)} followed by "
-            f"a host name, got {backend.host!r}",
-            allowed=tuple(s + "://" for s in allowed),
-        )
-    elif "/" in backend.host.split("://", 1)[1].rstrip("/"):
-        yield ConfigIssue(
-            f"{at}.host",
-            f"backend host must not contain a path (put it in internal_path), got {backend.host!r}",
-        )
+    problem = backend_host_problem(backend.host, allowed)
+    if problem is not None:
+        schemes = tuple(s + "://" for s in allowed)
+        shown = _without_password(backend.host)
+        yield ConfigIssue(f"{at}.host", f"backend host {problem}, got {shown!r}", allowed=schemes)
     if not 1 <= backend.port <= 65535:
         yield ConfigIssue(f"{at}.port", f"must be between 1 and 65535, got {backend.port}")
     if not legacy and backend.weight < 1:
@@ -281,6 +274,63 @@ def _check_backend(
     path = backend.health_check_path
     if path is not None and not path.startswith("/"):
         yield ConfigIssue(f"{at}.health_check_path", f"must start with '/', got {path!r}")
+
+
+def backend_host_problem(host: str, schemes: Sequence[str]) -> str | None:
+    """What is wrong with a backend ``host``, or None. A host is a scheme (one of ``schemes``),
+    ``://`` and a host name or IP address (IPv6 in brackets), with nothing else: no port (it is
+    ``port``), no path (it is ``internal_path``), no ``user:password@`` (it would show up in
+    circuit names and metric labels), no query string, no spaces or control characters. One
+    trailing ``/`` is tolerated."""
+    scheme, separator, rest = host.partition("://")
+    rest = rest.removesuffix("/")
+    if not separator or scheme.lower() not in schemes or not rest:
+        return f"must start with {', '.join(s + '://' for s in schemes)} followed by a host name"
+    if any(c.isspace() or not c.isprintable() for c in rest):
+        return "must not contain spaces or control characters (CR, LF, tab...)"
+    if "@" in rest:
+        return (
+            "must not contain credentials ('user:password@'); send them with a "
+            "request_transformation header"
+        )
+    if "?" in rest or "#" in rest:
+        return "must not contain a query string or fragment"
+    if "/" in rest:
+        return "must not contain a path (put it in internal_path)"
+    if rest.startswith("["):
+        address, bracket, after = rest[1:].partition("]")
+        if bracket and after.startswith(":"):
+            return "must not contain a port (put it in 'port')"
+        if not bracket or after or not _is_ip(address, 6):
+            return "must be a host name, an IPv4 address or an IPv6 address in brackets"
+        return None
+    if ":" in rest:
+        name, _, port = rest.rpartition(":")
+        if port.isdigit() and ":" not in name:
+            return "must not contain a port (put it in 'port')"
+        if _is_ip(rest, 6):
+            return "must put an IPv6 address in brackets (http://[::1])"
+        return "must be a host name, an IPv4 address or an IPv6 address in brackets"
+    looks_numeric = all(label.isdigit() for label in rest.split("."))
+    if (looks_numeric and not _is_ip(rest, 4)) or not _HOST_NAME.fullmatch(rest):
+        return "must be a host name, an IPv4 address or an IPv6 address in brackets"
+    return None
+
+
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"  # underscores: Docker service names
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def _is_ip(text: str, version: int) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == version
+    except ValueError:
+        return False
+
+
+def _without_password(host: str) -> str:
+    """``host`` with the password of a ``user:password@`` part masked, fit for a message."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", host)
 
 
 def _check_retry(retry: RetryConfig, at: str) -> Iterator[ConfigIssue]:

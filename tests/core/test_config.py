@@ -775,6 +775,75 @@ def test_a_route_breaker_on_its_own_backend_or_equal_to_the_deciding_one_is_sile
     assert load(document).issues == ()
 
 
+@pytest.mark.parametrize(
+    ("host", "problem"),
+    [
+        ("https://users.internal:8443", "must not contain a port (put it in 'port')"),
+        ("https://[::1]:8443", "must not contain a port (put it in 'port')"),
+        ("https://users.internal/v1", "must not contain a path (put it in internal_path)"),
+        ("https://users.internal?debug=1", "must not contain a query string or fragment"),
+        ("https://users.internal#top", "must not contain a query string or fragment"),
+        ("https://users.internal\r\nX-Injected: 1", "must not contain spaces or control"),
+        ("https://users internal", "must not contain spaces or control"),
+        ("https://ops:hunter2@users.internal", "must not contain credentials ('user:password@')"),
+        ("https://::1", "must put an IPv6 address in brackets (http://[::1])"),
+        ("https://[not-an-address]", "must be a host name, an IPv4 address or an IPv6 address"),
+        ("https://300.1.2.3", "must be a host name, an IPv4 address or an IPv6 address"),
+        ("https://-users.internal", "must be a host name, an IPv4 address or an IPv6 address"),
+    ],
+    ids=[
+        "port",
+        "ipv6-port",
+        "path",
+        "query",
+        "fragment",
+        "crlf",
+        "space",
+        "credentials",
+        "bare-ipv6",
+        "bad-ipv6",
+        "bad-ipv4",
+        "bad-name",
+    ],
+)
+def test_a_backend_host_is_a_scheme_and_a_host_name_or_address_only(
+    host: str, problem: str
+) -> None:
+    document = config(route(backends=[backend(host)]))
+    issue = only_error(document)
+    assert issue.path == "routers[0].backends[0].host"
+    assert issue.message.startswith(f"backend host {problem}")
+    assert issue.line == line_of(text_of(document), '"host"')
+    assert "hunter2" not in issue.message
+
+
+def test_a_legacy_route_host_and_a_fallback_host_follow_the_same_rule() -> None:
+    legacy = {k: v for k, v in route().items() if k != "backends"}
+    document = config(
+        {**legacy, "host": "https://users.internal:443", "port": 443},
+        route("/b", fallback=[backend("https://spare.internal/x")]),
+    )
+    errors = {e.path: e.message for e in config_error(document).errors}
+    assert "must not contain a port" in errors["routers[0].host"]
+    assert "must not contain a path" in errors["routers[1].fallback[0].host"]
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "https://users.internal",
+        "https://users.internal/",
+        "https://USERS.internal.",
+        "http://app_http",
+        "https://10.0.0.7",
+        "https://[2001:db8::1]",
+    ],
+)
+def test_backend_hosts_that_are_a_scheme_and_a_name_or_address_load(host: str) -> None:
+    loaded = load(config(route(backends=[backend(host)])))
+    assert loaded.config.routers[0].effective_backends[0].host == host
+
+
 def test_public_admin_listener_loads_with_a_token() -> None:
     document = config(admin={"host": "0.0.0.0", "token": ADMIN_TOKEN})
     assert load(document).config.admin.token == ADMIN_TOKEN
