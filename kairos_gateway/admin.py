@@ -176,6 +176,7 @@ class AdminApi:
         body = models.Ready(
             status="not_ready" if reasons else "ready",
             reasons=reasons,
+            unroutable=self.runtime.unroutable(),
             config_version=self.runtime.state.version,
         )
         return reply(body, 503 if reasons else 200)

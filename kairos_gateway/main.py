@@ -11,14 +11,13 @@ import argparse
 import gc
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 from sanic import Sanic
 
 from kairos_core import __version__
-from kairos_core.config import ConfigError, load_config
+from kairos_core.config import ConfigError, default_config_path, load_config
 from kairos_core.config.rules import is_loopback
 from kairos_gateway.admin import build_admin_app
 from kairos_gateway.app import build_proxy_app
@@ -32,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "config",
         nargs="?",
-        default=os.environ.get("KAIROS_CONFIG_PATH", "config.json"),
+        default=str(default_config_path()),
         help="config file (default: $KAIROS_CONFIG_PATH or ./config.json)",
     )
     parser.add_argument("--host", help="proxy listener host (overrides server.host)")
@@ -104,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     runtime.admin_host = args.admin_host or config.admin.host
     proxy = build_proxy_app(runtime)
+    proxy.after_server_start(lambda _app: runtime.mark_listening())  # /ready waits for it
     admin = build_admin_app(runtime)
     proxy_host, proxy_port = args.host or config.server.host, args.port or config.server.port
     admin_host = args.admin_host or config.admin.host

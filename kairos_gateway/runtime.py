@@ -74,6 +74,8 @@ class GatewayRuntime:
         self.snapshot_source: Any = None  # set by the admin app: () -> dict for `snapshot` events
         self.event_streams = 0  # open /api/events connections; snapshots are built only for them
         self.admin_host: str | None = None  # where the admin listener is bound (set by main)
+        self.listening = False  # the proxy listener is bound (see mark_listening)
+        self.draining = False  # set when SIGTERM starts the graceful shutdown: /ready says 503
         self._log_format = log_format
         self._background: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
@@ -206,11 +208,35 @@ class GatewayRuntime:
     # --- readiness, health, metrics -------------------------------------------------------------
 
     def not_ready_reasons(self) -> list[str]:
-        """Why the gateway cannot serve every route now (empty when ready)."""
-        return [
-            f"route {route_id!r} has no backend that is healthy and admitting"
-            for route_id in self.state.unroutable()
-        ]
+        """Why a load balancer should not send traffic here now (empty when ready).
+
+        Ready: the config is loaded (it is, once this object exists), the proxy listener is
+        bound, the gateway is not draining, and under cluster mode with ``on_redis_error: deny``
+        Redis is reachable. Routes without a candidate backend do not count (see
+        :meth:`unroutable`): one dead upstream must not take every replica out of rotation.
+        """
+        reasons = []
+        if not self.listening:
+            reasons.append("the proxy listener is not bound yet")
+        if self.draining:
+            reasons.append("draining: shutting down, finishing the requests in flight")
+        cluster = self.state.config.cluster
+        if cluster.redis_url and cluster.on_redis_error == "deny" and not self.cluster_ready():
+            reasons.append("cluster Redis is unreachable and cluster.on_redis_error is 'deny'")
+        return reasons
+
+    def unroutable(self) -> list[str]:
+        """Ids of the routes with no healthy, admitting backend (primary or fallback) now."""
+        return self.state.unroutable()
+
+    def cluster_ready(self) -> bool:
+        """Whether the shared cluster state (Redis) is reachable. Cluster mode does not exist
+        yet, so nothing can be unreachable: this is the hook its Redis check plugs into."""
+        return True
+
+    def mark_listening(self) -> None:
+        """The proxy listener is bound (called from its ``after_server_start``)."""
+        self.listening = True
 
     def refresh_gauges(self) -> None:
         shared = self.shared

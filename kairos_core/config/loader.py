@@ -41,6 +41,7 @@ from kairos_core.config.models import GatewayConfig, Router
 from kairos_core.config.rules import Partial, check_config
 
 MAX_CONFIG_BYTES = 10 * 1024 * 1024
+CONFIG_PATH_ENV = "KAIROS_CONFIG_PATH"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 Loc = tuple[str | int, ...]
@@ -145,6 +146,15 @@ _WHITESPACE = re.compile(r"[ \t\n\r]*")
 def _skip_whitespace(text: str, position: int) -> int:
     match = _WHITESPACE.match(text, position)
     return match.end() if match else position
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """The config file when none is named: ``$KAIROS_CONFIG_PATH``, else ``./config.json``.
+
+    ``kairos-gateway``, ``kairos validate`` and ``kairos route-test`` all start from here.
+    """
+    environ = os.environ if environ is None else environ
+    return Path(environ.get(CONFIG_PATH_ENV) or "config.json")
 
 
 def load_config(
