@@ -425,9 +425,16 @@ def reload(url: UrlOption = None, token: TokenOption = None) -> None:
     with _admin(url, token) as client:
         result = client.reload()
     if result.reloaded:
-        make_console().print(
-            Text(f"✓ reloaded, config {result.config_version}", style="bold green")
-        )
+        console = make_console()
+        console.print(Text(f"✓ reloaded, config {result.config_version}", style="bold green"))
+        if result.restart_required:
+            console.print(
+                Text(
+                    f"! restart required for {', '.join(result.restart_required)}: the "
+                    "listeners keep the settings they started with",
+                    style="yellow",
+                )
+            )
         return
     errors = make_console(stderr=True)
     errors.print(

@@ -186,11 +186,17 @@ class ConfigDocument(_Wire):
 
 
 class ReloadResult(_Wire):
-    """``POST /api/config/reload`` and ``PUT /api/config``."""
+    """``POST /api/config/reload`` and ``PUT /api/config``.
+
+    ``restart_required`` names the listener settings (``server.host``, ``server.port``,
+    ``server.workers``, ``admin.host``, ``admin.port``) in which the running config differs from
+    the one the gateway started with: they take effect only at the next restart.
+    """
 
     reloaded: bool
     config_version: str
     errors: list[ValidationIssue] = Field(default_factory=list)
+    restart_required: list[str] = Field(default_factory=list)
 
 
 class CircuitList(_Wire):

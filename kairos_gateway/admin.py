@@ -371,9 +371,12 @@ class AdminApi:
             return restore_secrets(body, current.document)
 
         _, after = await self._apply(request, replace_all, "config replaced")
-        return reply(
-            models.ReloadResult(reloaded=True, config_version=after.version), etag=after.version
+        body = models.ReloadResult(
+            reloaded=True,
+            config_version=after.version,
+            restart_required=self.runtime.restart_required(after),
         )
+        return reply(body, etag=after.version)
 
     async def validate_config(self, request: Request) -> HTTPResponse:
         sent = await _json_object(request)
@@ -404,7 +407,12 @@ class AdminApi:
                 errors=_issues(exc.errors),
             )
             return reply(body, 400)
-        return reply(models.ReloadResult(reloaded=True, config_version=loaded.version))
+        body = models.ReloadResult(
+            reloaded=True,
+            config_version=loaded.version,
+            restart_required=self.runtime.restart_required(loaded),
+        )
+        return reply(body)
 
     async def _apply(
         self,

@@ -7,6 +7,10 @@ the running config kept. ``SIGHUP`` triggers the same reload. Admin API edits go
 validated first, written atomically, then swapped in; the file watcher then sees a file whose
 content is already running and does nothing.
 
+Listener settings (``server.host``/``port``/``workers``, ``admin.host``/``port``) are read only at
+start: a change that reaches them is applied everywhere else and reported as "restart required"
+(a WARNING line, the ``reload`` event and the admin API's reload result).
+
 Proxied requests never wait for a config change: reading, validating and compiling a config run
 in a worker thread; only the swap itself (pointing the shared breakers at the new policies, one
 reference assignment, health-check targets) runs on the event loop.
@@ -35,7 +39,7 @@ from kairos_core.config import (
     load_config,
     validate_document,
 )
-from kairos_core.config.rules import is_loopback
+from kairos_core.config.rules import is_loopback, restart_required
 from kairos_core.config.store import write_atomically
 from kairos_core.events import Event
 from kairos_core.h1client import H1Upstream
@@ -63,6 +67,7 @@ class GatewayRuntime:
     ) -> None:
         self.config_path = config_path
         self.started = time.monotonic()
+        self._started_config = loaded.config  # what the listeners were bound with
         self.upstream: UpstreamClient = (
             AiohttpUpstream() if upstream_client == "aiohttp" else H1Upstream()
         )
@@ -166,11 +171,32 @@ class GatewayRuntime:
         self.pipeline.swap(state)
         self._configure_health()
         self.metrics.reload("success")
-        log.info("config applied (%s): version %s", reason, loaded.version)
+        pending = self.restart_required(loaded)
+        if pending:
+            log.warning(
+                "config applied (%s): version %s; restart required for %s (the listeners keep "
+                "the settings they started with)",
+                reason,
+                loaded.version,
+                ", ".join(pending),
+            )
+        else:
+            log.info("config applied (%s): version %s", reason, loaded.version)
         log_config_issues(loaded)
         self.shared.events.publish(
-            "reload", {"result": "success", "reason": reason, "version": loaded.version}
+            "reload",
+            {
+                "result": "success",
+                "reason": reason,
+                "version": loaded.version,
+                "restart_required": pending,
+            },
         )
+
+    def restart_required(self, loaded: LoadedConfig) -> list[str]:
+        """The listener settings ``loaded`` changes from the config this process started with
+        (they apply only at the next restart)."""
+        return restart_required(self._started_config, loaded.config)
 
     def _rejected(self, reason: str, exc: ConfigError) -> None:
         self.metrics.reload("failure")

@@ -511,6 +511,25 @@ def check_workers(config: GatewayConfig) -> ConfigIssue | None:
     )
 
 
+def listener_settings(config: GatewayConfig) -> dict[str, str | int]:
+    """The settings read only when the gateway starts: where its listeners bind and how many
+    workers serve. A reload applies everything else; these wait for a restart."""
+    return {
+        "server.host": config.server.host,
+        "server.port": config.server.port,
+        "server.workers": config.server.workers,
+        "admin.host": config.admin.host,
+        "admin.port": config.admin.port,
+    }
+
+
+def restart_required(started: GatewayConfig, new: GatewayConfig) -> list[str]:
+    """The listener settings (:func:`listener_settings`) in which ``new`` differs from the config
+    the gateway started with: applying ``new`` leaves them as they were until a restart."""
+    before = listener_settings(started)
+    return [key for key, value in listener_settings(new).items() if before[key] != value]
+
+
 def is_loopback(host: str) -> bool:
     if host in LOOPBACK_NAMES:
         return True

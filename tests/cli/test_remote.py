@@ -320,6 +320,21 @@ def test_an_unknown_backend_exits_1_with_the_api_error(gateway: Gateway) -> None
         assert "404 not_found: no backend 'http://127.0.0.1:9'" in result.stderr
 
 
+def test_reload_says_when_a_restart_is_required(
+    gateway_factory: Callable[..., Gateway], upstreams: tuple[Upstream, Upstream]
+) -> None:
+    gateway = gateway_factory(_config(upstreams))
+    moved = json.loads(gateway.config_path.read_text())
+    moved["server"]["workers"] = 1
+    moved["server"]["host"] = "127.0.0.2"
+    gateway.write_config(moved)
+    result = kairos("reload", "--url", gateway.admin_url)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1] == (
+        "! restart required for server.host: the listeners keep the settings they started with"
+    )
+
+
 def test_reload_reloads_and_reports_a_rejected_file(
     gateway_factory: Callable[..., Gateway], upstreams: tuple[Upstream, Upstream]
 ) -> None:

@@ -27,6 +27,7 @@ from kairos_core.config import (
     route_ids,
     validate_document,
 )
+from kairos_core.config.rules import restart_required
 from kairos_core.state import compile_state
 
 SECRET = "k3Jq9vXw2LmN8pRt5YzA7bCd4EfGh6Ui"  # 32 characters, no placeholder marker
@@ -842,6 +843,20 @@ def test_a_legacy_route_host_and_a_fallback_host_follow_the_same_rule() -> None:
 def test_backend_hosts_that_are_a_scheme_and_a_name_or_address_load(host: str) -> None:
     loaded = load(config(route(backends=[backend(host)])))
     assert loaded.config.routers[0].effective_backends[0].host == host
+
+
+def test_restart_required_names_the_listener_settings_a_new_config_changes() -> None:
+    started = load(config()).config
+    moved = load(
+        config(
+            route(timeout_ms=100),
+            server={"host": "127.0.0.2", "port": 6000, "max_body_bytes": 1},
+            admin={"port": 6001},
+            circuit_breaker={"failure_threshold": 9},
+        )
+    ).config
+    assert restart_required(started, moved) == ["server.host", "server.port", "admin.port"]
+    assert restart_required(started, load(config(route(timeout_ms=100))).config) == []
 
 
 def test_public_admin_listener_loads_with_a_token() -> None:
