@@ -20,7 +20,6 @@ holds *every* problem found, each with its JSON path and file line. Order of wor
 from __future__ import annotations
 
 import bisect
-import difflib
 import functools
 import hashlib
 import json
@@ -36,7 +35,7 @@ from typing import Any, Union
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from kairos_core.config.errors import ConfigError, ConfigIssue, Severity
+from kairos_core.config.errors import ConfigError, ConfigIssue, Severity, unknown_key_message
 from kairos_core.config.models import GatewayConfig, Router
 from kairos_core.config.rules import Partial, check_config
 
@@ -378,9 +377,7 @@ def _unknown_keys(model: type[BaseModel], data: Any, loc: Loc) -> Iterator[Confi
     known = _schema_keys(model)
     for key, value in data.items():
         if key not in known:
-            hint = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
-            message = f"unknown key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-            yield ConfigIssue(format_path((*loc, key)), message)
+            yield ConfigIssue(format_path((*loc, key)), unknown_key_message(str(key), known))
             continue
         nested = known[key]
         if nested is None:

@@ -1420,6 +1420,42 @@ def test_bad_rate_limit_strategy_is_one_error_at_strategy(strategy: Any) -> None
 
 
 @pytest.mark.parametrize(
+    ("part", "message"),
+    [
+        (
+            {"strategy": "PerIP", "requests_per_windw": 5},
+            "Composite part 1: unknown key 'requests_per_windw'; "
+            "did you mean 'requests_per_window'?",
+        ),
+        (
+            {"strategy": "PerIP", "requests_per_window": 0},
+            "Composite part 1: requests_per_window must be an integer of at least 1, got 0",
+        ),
+        (
+            {"strategy": "PerIP", "window_duration": "60"},
+            "Composite part 1: window_duration must be an integer of at least 1, got '60'",
+        ),
+        (
+            {"strategy": "PerIP", "window_type": "Sliding"},
+            "Composite part 1: window type 'Sliding' is not supported; allowed: FixedWindow, "
+            "SlidingWindow, TokenBucket",
+        ),
+    ],
+    ids=["unknown-key", "zero", "string", "window-type"],
+)
+def test_a_bad_composite_part_is_one_error_naming_the_part(part: Any, message: str) -> None:
+    limit = {
+        "strategy": {"Composite": ["PerRoute", part]},
+        "requests_per_window": 10,
+        "window_duration": 1,
+    }
+    document = config(rate_limit=limit)
+    issue = only_error(document)
+    assert (issue.path, issue.message) == ("rate_limit.strategy", message)
+    assert issue.line == line_of(text_of(document), '"strategy"')
+
+
+@pytest.mark.parametrize(
     ("strategy", "kind", "model"),
     [
         ("latency_prediction", "latency_prediction", None),
