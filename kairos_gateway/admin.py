@@ -34,6 +34,7 @@ from kairos_core.config import (
     route_ids,
     validate_document,
 )
+from kairos_core.config.loader import decode_json
 from kairos_core.config.store import (
     REDACTED,
     is_secret_header,
@@ -557,7 +558,7 @@ def _parse_json_object(raw: bytes) -> dict[str, Any]:
         400, "bad_request", f"request body is nested more than {MAX_BODY_DEPTH} levels deep"
     )
     try:
-        body = json.loads(raw)
+        body = _decode(raw)
     except RecursionError as exc:
         raise too_deep from exc
     except ValueError as exc:
@@ -567,6 +568,16 @@ def _parse_json_object(raw: bytes) -> dict[str, Any]:
     if _depth_exceeds(body, MAX_BODY_DEPTH):
         raise too_deep
     return body
+
+
+def _decode(raw: bytes) -> Any:
+    """JSON in steps (a whole config never holds the interpreter in one call); other
+    encodings than UTF-8 as ``json.loads`` detects them."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return json.loads(raw)
+    return decode_json(text)
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:

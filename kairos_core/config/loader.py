@@ -88,7 +88,7 @@ class _LineMap:
         self._source = text
         self._text: str | None = None
         self._newlines: list[int] | None = None
-        self._children: dict[int, dict[str | int, tuple[int, int]]] = {}
+        self._children: dict[int, tuple[dict[str | int, tuple[int, int]], int]] = {}
 
     def line(self, loc: Loc) -> int | None:
         try:
@@ -112,8 +112,13 @@ class _LineMap:
         assert self._newlines is not None
         return bisect.bisect_left(self._newlines, located) + 1
 
-    def _members(self, text: str, start: int) -> dict[str | int, tuple[int, int]]:
+    def _members(self, text: str, start: int, depth: int = 0) -> dict[str | int, tuple[int, int]]:
         """The container at ``start``: each key (or index) → (key offset, value offset)."""
+        return self._index(text, start, depth)[0]
+
+    def _index(
+        self, text: str, start: int, depth: int
+    ) -> tuple[dict[str | int, tuple[int, int]], int]:
         cached = self._children.get(start)
         if cached is not None:
             return cached
@@ -130,15 +135,97 @@ class _LineMap:
             else:
                 key_at, name, index = position, index, index + 1
             members[name] = (key_at, position)
-            _, position = _DECODER.raw_decode(text, position)
+            if depth < _STEP_DEPTH and text[position] in "{[":
+                position = self._index(text, position, depth + 1)[1]  # skipped a member at a time
+            else:
+                _, position = _DECODER.raw_decode(text, position)
             position = _skip_whitespace(text, position)
             if text[position] == ",":
                 position = _skip_whitespace(text, position + 1)
-        self._children[start] = members
-        return members
+        self._children[start] = (members, position + 1)
+        return members, position + 1
 
 
 _DECODER = json.JSONDecoder()
+# Containers this deep (the document, its blocks and lists) are decoded a member at a time, so
+# that no single call into the C decoder lasts long on a large config (each one holds the
+# interpreter: a 5,000-route list decoded in one call stalls every other thread for ~12 ms).
+_STEP_DEPTH = 1
+
+
+def decode_json(text: str) -> Any:
+    """``json.loads(text)``, decoded a member at a time: the document's members and the elements
+    of its lists (5,000 routers) are separate steps of the standard library's C decoder, so other
+    threads (the event loop) wait for one router at most, never for the whole file. Same value,
+    same errors: anything the steps do not handle goes to ``json.loads``."""
+    try:
+        position = _skip_whitespace(text, 0)
+        if text[position] != "{":
+            raise ValueError("not an object")
+        value, position = _decode_container(text, position, 0)
+        if _skip_whitespace(text, position) != len(text):
+            raise ValueError("extra data")
+    except (ValueError, IndexError, RecursionError):
+        return json.loads(text)  # the canonical value, or the canonical error
+    return value
+
+
+def _decode_container(text: str, start: int, depth: int) -> tuple[Any, int]:
+    is_object = text[start] == "{"
+    closing = "}" if is_object else "]"
+    members: dict[str, Any] = {}
+    items: list[Any] = []
+    position = _skip_whitespace(text, start + 1)
+    if text[position] == closing:
+        return (members if is_object else items), position + 1
+    while True:
+        key = None
+        if is_object:
+            key, position = _DECODER.raw_decode(text, position)
+            position = _skip_whitespace(text, position)
+            if not isinstance(key, str) or text[position] != ":":
+                raise ValueError("not a member")
+            position = _skip_whitespace(text, position + 1)
+        if depth < _STEP_DEPTH and text[position] in "{[":
+            value, position = _decode_container(text, position, depth + 1)
+        else:
+            value, position = _DECODER.raw_decode(text, position)
+        if key is not None:
+            members[key] = value
+        else:
+            items.append(value)
+        position = _skip_whitespace(text, position)
+        if text[position] == closing:
+            return (members if is_object else items), position + 1
+        if text[position] != ",":
+            raise ValueError("expected ','")
+        position = _skip_whitespace(text, position + 1)
+
+
+def document_version(document: Mapping[str, Any]) -> str:
+    """A short content hash of a config document, for ``If-Match``: the first 16 hex digits of
+    the SHA-256 of its canonical JSON (sorted keys, no spaces). Hashed a member (and a list
+    element) at a time, with exactly the bytes one ``json.dumps`` call would produce."""
+    digest = hashlib.sha256(b"{")
+    for index, key in enumerate(sorted(document)):
+        digest.update(b"," if index else b"")
+        digest.update(_canonical(key) + b":")
+        value = document[key]
+        if isinstance(value, list):
+            digest.update(b"[")
+            for position, item in enumerate(value):
+                digest.update((b"," if position else b"") + _canonical(item))
+            digest.update(b"]")
+        else:
+            digest.update(_canonical(value))
+    digest.update(b"}")
+    return digest.hexdigest()[:16]
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
@@ -195,7 +282,7 @@ def parse_config(
             issue = ConfigIssue("", f"config is not UTF-8 text (byte {exc.start})")
             raise ConfigError([issue], source=source) from exc
     try:
-        document = json.loads(text)
+        document = decode_json(text)
     except json.JSONDecodeError as exc:
         issue = ConfigIssue("", f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno)
         raise ConfigError([issue], source=source) from exc
@@ -252,10 +339,7 @@ def _validate(
     located.sort(key=lambda i: (i.severity is not Severity.ERROR, i.line or 0, i.path))
     if config is None or partial is not None or any(i.severity is Severity.ERROR for i in located):
         raise ConfigError(located, source=source)
-    version = hashlib.sha256(
-        json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()[:16]
-    return LoadedConfig(config, tuple(located), source, document, version)
+    return LoadedConfig(config, tuple(located), source, document, document_version(document))
 
 
 def _default_admin_token(data: dict[str, Any], environ: Mapping[str, str]) -> None:

@@ -29,8 +29,10 @@ from urllib.parse import unquote_plus, urlsplit, urlunsplit
 REDACTED = "***"
 
 
-def write_atomically(path: Path, document: Mapping[str, Any]) -> None:
-    """Replace ``path`` with ``document`` (2-space JSON) so readers never see a partial file."""
+def write_atomically(path: Path, document: Mapping[str, Any]) -> bytes:
+    """Replace ``path`` with ``document`` (2-space JSON) so readers never see a partial file.
+
+    Returns the bytes written."""
     text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     target = path.resolve()  # a symlinked config (a mounted ConfigMap) keeps its link
     directory = target.parent
@@ -55,6 +57,7 @@ def write_atomically(path: Path, document: Mapping[str, Any]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    return text.encode("utf-8")
 
 
 def _routers(document: Mapping[str, Any]) -> list[Any]:

@@ -27,6 +27,7 @@ from kairos_core.config import (
     route_ids,
     validate_document,
 )
+from kairos_core.config.loader import decode_json
 from kairos_core.config.rules import restart_required
 from kairos_core.state import compile_state
 
@@ -1160,6 +1161,19 @@ def test_misspelt_required_key_is_reported_with_its_suggestion() -> None:
 
 def test_unknown_key_far_from_any_known_key_gets_no_suggestion() -> None:
     assert only_error(config(server={"zzzz": 1})).message == "unknown key 'zzzz'"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1, "a": [1, {"b": 2}], "routers": [{"x": 1, "x": 2}, []], "c": {}}',
+        ' \n{ "routers" : [ ] , "n" : NaN }\n',
+        "[1, 2]",
+        '"text"',
+    ],
+)
+def test_decode_json_gives_what_json_loads_gives(text: str) -> None:
+    assert repr(decode_json(text)) == repr(json.loads(text))
 
 
 def test_invalid_json_is_reported_with_its_line() -> None:

@@ -5,16 +5,18 @@ gateway with 5,000 routes keeps answering a loop of proxied requests while the a
 replaces the whole config, creates a route, and the file is edited and reloaded; no request of
 the loop may take longer than ``STALL_BOUND_S``.
 
-The target is 50 ms (about 30 ms measured on an idle 2-core machine). The bound asserted here
-is 250 ms: the loop shares two cores with the gateway's worker thread, the upstream and other
-test processes, so single requests of a loaded machine take tens of milliseconds anyway, while
-validating and compiling these 5,000 routes on the loop stalled every request for about a
-second.
+The target is 50 ms (20-40 ms measured on an idle 2-core machine). The bound asserted here is
+250 ms, because the loop shares two cores with the gateway's worker thread, the upstream and
+whatever else runs; when the machine is so busy that requests stall that long with nothing
+happening at all (measured for a moment before and after the changes), the bound becomes
+three times that quiet-time stall. Validating and compiling these 5,000 routes on the event loop
+stalled every request for about a second on an idle machine, several on a busy one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import threading
 import time
@@ -29,7 +31,9 @@ from tests.support.pool import UpstreamPool
 
 ROUTES = 5000
 STALL_BOUND_S = 0.25
-SETTLE_S = 0.3  # after each change: the file watcher's own (no-op) reload of what was written
+QUIET_FACTOR = 3
+QUIET_S = 0.8
+SETTLE_S = 0.2  # after each change: the file watcher's own (no-op) reload of what was written
 
 
 @dataclass
@@ -38,7 +42,7 @@ class RequestLoop:
 
     url: str
     path: str
-    durations_s: list[float] = field(default_factory=list)
+    samples: list[tuple[float, float]] = field(default_factory=list)  # (started, seconds)
     statuses: set[int] = field(default_factory=set)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -47,18 +51,26 @@ class RequestLoop:
             while not self._stop.is_set():
                 started = time.perf_counter()
                 status = client.get(self.path).status_code
-                self.durations_s.append(time.perf_counter() - started)
+                self.samples.append((started, time.perf_counter() - started))
                 self.statuses.add(status)
+
+    def slowest(self, since: float, until: float) -> float:
+        """The longest request that started in [since, until]."""
+        return max(seconds for started, seconds in self.samples if since <= started <= until)
 
     @contextlib.contextmanager
     def running(self) -> Iterator[RequestLoop]:
         thread = threading.Thread(target=self.run, daemon=True)
+        collecting = gc.isenabled()
+        gc.disable()  # this process's own collector pauses are not the gateway's
         thread.start()
         try:
             yield self
         finally:
             self._stop.set()
             thread.join(timeout=15)
+            if collecting:
+                gc.enable()
 
 
 def many_routes(upstream_url: str) -> list[dict[str, Any]]:
@@ -74,7 +86,6 @@ def test_admin_writes_and_reloads_of_5000_routes_never_stall_proxied_requests(
 ) -> None:
     upstream = ups["a"]
     gateway = gateway_factory({"routers": many_routes(upstream.url)})
-    admin = httpx.Client(base_url=gateway.admin_url, trust_env=False, timeout=30)
     document = httpx.get(f"{gateway.admin_url}/api/config", trust_env=False).json()["config"]
     document["routers"][1]["methods"] = ["GET"]
     new_route = route("/new", "/", [upstream.url], name="new")
@@ -86,19 +97,27 @@ def test_admin_writes_and_reloads_of_5000_routes_never_stall_proxied_requests(
         gateway.write_config(current)
         gateway.wait_for_version_change(before, timeout_s=20)
 
+    admin = httpx.Client(base_url=gateway.admin_url, trust_env=False, timeout=30)
     loop = RequestLoop(gateway.url, "/svc")
     with admin, loop.running():
-        time.sleep(SETTLE_S)
+        quiet_began = time.perf_counter()
+        time.sleep(QUIET_S)  # nothing happening
+        changes_began = time.perf_counter()
         assert admin.put("/api/config", json=document).status_code == 200
         time.sleep(SETTLE_S)
         assert admin.post("/api/routes", json=new_route).status_code == 201
         time.sleep(SETTLE_S)
         edit_file()
         time.sleep(SETTLE_S)
+        changes_ended = time.perf_counter()
+        time.sleep(QUIET_S)  # nothing happening again
+        quiet_ended = time.perf_counter()
 
     assert loop.statuses == {200}
-    assert len(loop.durations_s) > 50, "the request loop hardly ran"
-    slowest = max(loop.durations_s)
-    assert slowest < STALL_BOUND_S, f"a proxied request took {slowest * 1000:.0f} ms"
+    assert len(loop.samples) > 50, "the request loop hardly ran"
+    during = loop.slowest(changes_began, changes_ended)
+    quiet = max(loop.slowest(quiet_began, changes_began), loop.slowest(changes_ended, quiet_ended))
+    bound = max(STALL_BOUND_S, QUIET_FACTOR * quiet)
+    assert during < bound, f"a request took {during * 1000:.0f} ms (quiet: {quiet * 1000:.0f} ms)"
     assert gateway.document["routers"][2]["methods"] == ["GET"]
     assert httpx.get(f"{gateway.url}/new", trust_env=False).status_code == 200
