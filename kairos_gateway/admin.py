@@ -101,7 +101,7 @@ def build_admin_app(runtime: GatewayRuntime) -> Sanic[Any, Any]:
     app.config.ACCESS_LOG = False
     app.config.NOISY_EXCEPTIONS = False
     api = AdminApi(runtime)
-    runtime.snapshot_source = lambda: api.snapshot().model_dump(mode="json")
+    runtime.snapshot_source = api.snapshot_event
 
     @app.on_request
     async def authenticate(request: Request) -> HTTPResponse | None:
@@ -192,9 +192,19 @@ class AdminApi:
         )
 
     async def metrics(self, request: Request) -> HTTPResponse:
-        return reply(self.snapshot())
+        data = self._snapshot_data()
+        return await asyncio.to_thread(lambda: reply(models.MetricsSnapshot.model_validate(data)))
 
-    def snapshot(self) -> models.MetricsSnapshot:
+    async def snapshot_event(self) -> dict[str, Any]:
+        """The data of a ``snapshot`` event: figures read on the loop, the model built off it
+        (with thousands of routes, validating and dumping it is the long part)."""
+        data = self._snapshot_data()
+        return await asyncio.to_thread(
+            lambda: models.MetricsSnapshot.model_validate(data).model_dump(mode="json")
+        )
+
+    def _snapshot_data(self) -> dict[str, Any]:
+        """The figures of a :class:`models.MetricsSnapshot`, read now (on the event loop)."""
         runtime, shared = self.runtime, self.runtime.shared
         metrics, state = runtime.metrics, runtime.state
         data = metrics.summary()
@@ -220,7 +230,7 @@ class AdminApi:
             }
             for circuit in self.circuit_infos()
         ]
-        return models.MetricsSnapshot.model_validate(data)
+        return data
 
     async def history(self, request: Request) -> HTTPResponse:
         seconds = _int_arg(request, "seconds", 900, 1, HISTORY_SECONDS)

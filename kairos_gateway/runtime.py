@@ -28,7 +28,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,8 @@ class GatewayRuntime:
         self.shared.events.subscribe(self._count_event)
         state = compile_state(loaded, self.shared)
         self.pipeline = Pipeline(state, self.upstream, on_record=self._on_record)
-        self.snapshot_source: Any = None  # set by the admin app: () -> dict for `snapshot` events
+        # set by the admin app: async () -> dict, the data of `snapshot` events
+        self.snapshot_source: Callable[[], Awaitable[dict[str, Any]]] | None = None
         self.event_streams = 0  # open /api/events connections; snapshots are built only for them
         self.admin_host: str | None = None  # where the admin listener is bound (set by main)
         self.listening = False  # the proxy listener is bound (see mark_listening)
@@ -303,7 +304,7 @@ class GatewayRuntime:
             self.refresh_gauges()
             if self.snapshot_source is not None and self.event_streams > 0:
                 try:
-                    self.shared.events.publish("snapshot", self.snapshot_source())
+                    self.shared.events.publish("snapshot", await self.snapshot_source())
                 except Exception:
                     log.exception("building the metrics snapshot failed")
 
