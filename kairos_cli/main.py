@@ -29,6 +29,7 @@ from kairos_core.config import (
     GatewayConfig,
     LoadedConfig,
     Severity,
+    default_config_path,
     load_config,
 )
 from kairos_core.dryrun import DryRun, ask_live, plan_request
@@ -80,7 +81,12 @@ def _root(
 
 @app.command()
 def validate(
-    config: Annotated[Path, typer.Argument(help="Config file to check.")] = Path("config.json"),
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Config file to check.", show_default="$KAIROS_CONFIG_PATH or ./config.json"
+        ),
+    ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Treat warnings as errors.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON document.")] = False,
 ) -> None:
@@ -88,6 +94,7 @@ def validate(
 
     Exit 0 valid, 1 invalid, 2 unreadable file.
     """
+    config = config or default_config_path()
     source = str(config)
     try:
         loaded = _load(config, strict=strict)
@@ -175,9 +182,15 @@ def route_test(
     path: Annotated[
         str, typer.Argument(help="Request path with query (/api/users/42?x=1), or a full URL.")
     ],
-    config: Annotated[Path, typer.Option("--config", "-c", help="Config file.")] = Path(
-        "config.json"
-    ),
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Config file.",
+            show_default="$KAIROS_CONFIG_PATH or ./config.json",
+        ),
+    ] = None,
     header: Annotated[
         list[str] | None,
         typer.Option("--header", "-H", help="Request header 'Name: value' (repeatable)."),
@@ -216,6 +229,7 @@ def route_test(
     No traffic is sent. Exit 0 routable, 1 would be rejected, 2 usage error or bad config,
     3 --live could not reach the admin API, 4 the admin API refused the token.
     """
+    config = config or default_config_path()
     headers = [_parse_header(value) for value in header or []]
     try:
         ipaddress.ip_address(ip)

@@ -125,17 +125,24 @@ def status(url: UrlOption = None, token: TokenOption = None) -> None:
         console.print(Text(f"✗ not ready, config {ready.config_version}", style="bold red"))
         for reason in ready.reasons:
             console.print(Text(f"  {reason}", style="red"))
+    if ready.unroutable:
+        routes = ", ".join(repr(route_id) for route_id in ready.unroutable)
+        console.print(Text(f"! no candidate backend now for {routes}", style="yellow"))
     console.print(_summary_line(snapshot))
     if ready.status != "ready":
         raise typer.Exit(EXIT_API_ERROR)
 
 
 def _summary_line(snapshot: MetricsSnapshot) -> str:
+    """One line of traffic figures, each labelled with its window: totals count since the
+    gateway started, rates and percentiles cover the last seconds (DESIGN.md §7)."""
     open_breakers = sum(1 for b in snapshot.backends if b.circuit.state != "closed")
     return (
-        f"{snapshot.requests_total:,} requests, {snapshot.error_rate:.1%} errors, "
-        f"{snapshot.requests_per_second.per_10s:.1f} req/s (10 s), "
-        f"p99 {snapshot.latency_ms.p99:.1f} ms, overhead p99 {snapshot.overhead_ms.p99:.2f} ms, "
+        f"{snapshot.requests_total:,} requests since start, "
+        f"{snapshot.error_rate:.1%} errors (last 60 s), "
+        f"{snapshot.requests_per_second.per_10s:.1f} req/s (last 10 s), "
+        f"p99 {snapshot.latency_ms.p99:.1f} ms and overhead p99 "
+        f"{snapshot.overhead_ms.p99:.2f} ms (last 60 s), "
         f"{snapshot.in_flight} in flight, {_count(len(snapshot.routes), 'route')}, "
         f"{_count(len(snapshot.backends), 'backend')} ({open_breakers} not closed)"
     )
@@ -187,28 +194,38 @@ def _metrics_view(base_url: str, snapshot: MetricsSnapshot) -> RenderableType:
     totals = Table(show_header=False, box=None, padding=(0, 2))
     totals.add_column(style="bold")
     totals.add_column()
-    totals.add_row("requests", f"{snapshot.requests_total:,}")
-    totals.add_row("errors", f"{snapshot.errors_total:,} ({snapshot.error_rate:.1%})")
+    totals.add_row("requests since start", f"{snapshot.requests_total:,}")
+    totals.add_row("errors since start", f"{snapshot.errors_total:,}")
+    totals.add_row("error rate (last 60 s)", f"{snapshot.error_rate:.1%}")
     totals.add_row(
         "rate (1/10/60 s)", f"{rates.per_1s:.1f} / {rates.per_10s:.1f} / {rates.per_60s:.1f} req/s"
     )
-    totals.add_row("latency p50/p90/p99", _percentiles(snapshot.latency_ms))
-    totals.add_row("overhead p50/p90/p99", _percentiles(snapshot.overhead_ms, digits=2))
+    totals.add_row("latency p50/p90/p99 (last 60 s)", _percentiles(snapshot.latency_ms))
+    totals.add_row("overhead p50/p90/p99 (last 60 s)", _percentiles(snapshot.overhead_ms, digits=2))
     classes = ", ".join(
         f"{name} {count:,}" for name, count in sorted(snapshot.status_classes.items())
     )
-    totals.add_row("status classes", classes or "-")
+    totals.add_row("status classes since start", classes or "-")
     totals.add_row("in flight", str(snapshot.in_flight))
-    totals.add_row("rate limited", f"{snapshot.rate_limited_total:,}")
+    totals.add_row("rate limited since start", f"{snapshot.rate_limited_total:,}")
     totals.add_row(
-        "retries",
+        "retries since start",
         f"{snapshot.retries_total:,} (budget exhausted {snapshot.retry_budget_exhausted_total:,})",
     )
     totals.add_row("uptime", _duration(snapshot.uptime_seconds))
     totals.add_row("config version", snapshot.config_version or "-")
 
-    routes = _table(title="routes")
-    for column in ("route", "requests", "errors", "req/s 10 s", "p50 ms", "p99 ms", "features"):
+    routes = _table(title="routes (requests and errors since start)")
+    columns = (
+        "route",
+        "requests",
+        "errors",
+        "req/s 10 s",
+        "p50 ms 60 s",
+        "p99 ms 60 s",
+        "features",
+    )
+    for column in columns:
         routes.add_column(column, no_wrap=column == "route")
     for route in snapshot.routes:
         features = [
@@ -231,8 +248,16 @@ def _metrics_view(base_url: str, snapshot: MetricsSnapshot) -> RenderableType:
             ", ".join(features) or "-",
         )
 
-    backends = _table(title="backends")
-    for column in ("backend", "breaker", "health", "in flight", "requests", "failures", "p99 ms"):
+    backends = _table(title="backends (requests and failures since start)")
+    for column in (
+        "backend",
+        "breaker",
+        "health",
+        "in flight",
+        "requests",
+        "failures",
+        "p99 ms 60 s",
+    ):
         backends.add_column(column, no_wrap=column in ("backend", "breaker"))
     for backend in snapshot.backends:
         backends.add_row(
@@ -400,9 +425,16 @@ def reload(url: UrlOption = None, token: TokenOption = None) -> None:
     with _admin(url, token) as client:
         result = client.reload()
     if result.reloaded:
-        make_console().print(
-            Text(f"✓ reloaded, config {result.config_version}", style="bold green")
-        )
+        console = make_console()
+        console.print(Text(f"✓ reloaded, config {result.config_version}", style="bold green"))
+        if result.restart_required:
+            console.print(
+                Text(
+                    f"! restart required for {', '.join(result.restart_required)}: the "
+                    "listeners keep the settings they started with",
+                    style="yellow",
+                )
+            )
         return
     errors = make_console(stderr=True)
     errors.print(

@@ -412,11 +412,14 @@ class KairosClient(_BaseClient):
         return self._send(_Api.health())
 
     def ready(self) -> Ready:
-        """``GET /ready``: whether every route has a candidate backend; a 503 is not an error.
+        """``GET /ready``: whether a load balancer should send traffic here; a 503 is not an error.
+
+        Routes without a candidate backend are listed in ``unroutable`` and never make the
+        gateway not ready.
 
         >>> ready = client.ready()
-        >>> ready.status, ready.reasons
-        ('not_ready', ['route users: every backend is unhealthy'])
+        >>> ready.status, ready.reasons, ready.unroutable
+        ('ready', [], ['users'])
         """
         return self._send(_Api.ready())
 

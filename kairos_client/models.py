@@ -27,10 +27,17 @@ class Health(_Wire):
 
 
 class Ready(_Wire):
-    """``GET /ready``: ``ready`` with no reasons, or ``not_ready`` with why."""
+    """``GET /ready``: ``ready`` with no reasons, or ``not_ready`` (503) with why.
+
+    Ready means the config is loaded, the listeners are bound and the gateway is not draining
+    (and, in cluster mode with ``on_redis_error: deny``, Redis is reachable). ``unroutable``
+    lists the routes that have no candidate backend right now; they never make the gateway
+    not ready, so one dead upstream does not take every replica out of a load balancer.
+    """
 
     status: Literal["ready", "not_ready"]
     reasons: list[str] = Field(default_factory=list)
+    unroutable: list[str] = Field(default_factory=list)
     config_version: str
 
 
@@ -209,11 +216,17 @@ class ConfigDocument(_Wire):
 
 
 class ReloadResult(_Wire):
-    """``POST /api/config/reload`` and ``PUT /api/config``."""
+    """``POST /api/config/reload`` and ``PUT /api/config``.
+
+    ``restart_required`` names the listener settings (``server.host``, ``server.port``,
+    ``server.workers``, ``admin.host``, ``admin.port``) in which the running config differs from
+    the one the gateway started with: they take effect only at the next restart.
+    """
 
     reloaded: bool
     config_version: str
     errors: list[ValidationIssue] = Field(default_factory=list)
+    restart_required: list[str] = Field(default_factory=list)
 
 
 class CircuitList(_Wire):

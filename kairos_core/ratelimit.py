@@ -17,7 +17,11 @@ FixedWindow (``limits``' fixed window: the count resets at each window boundary)
 SlidingWindow (``limits``' moving window: exactly N requests in any window-long span);
 TokenBucket refills ``requests_per_window / window_duration`` tokens per second up to that same
 capacity and starts full. Composite policies charge every key and refuse if any refuses (earlier
-keys stay charged, as with Envoy's descriptors). Responses of a limited route carry
+keys stay charged, as with Envoy's descriptors). Each Composite part enforces its own numbers
+(``{"strategy": "PerIP", "requests_per_window": 10, "window_duration": 1}``; the numbers a part
+leaves out are the block's): its key carries that sub-policy (``LimitKey.policy``), and two parts
+with the same key but different numbers are two counters (a per-second burst limit and a
+per-minute one on the same client IP). Responses of a limited route carry
 ``RateLimit-Limit``, ``RateLimit-Remaining`` (of the tightest key) and ``RateLimit-Reset``
 (seconds until the window resets, or until the bucket is full); a 429 adds ``Retry-After``.
 """
@@ -27,7 +31,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 from limits import RateLimitItemPerSecond
 from limits.aio.strategies import (
@@ -44,12 +48,27 @@ from limits.strategies import RateLimiter as SyncStrategy
 from kairos_core.config.models import RateLimitConfig
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class LimitKey:
-    """One counter a request is charged to, with the strategy that produced it."""
+    """One counter a request is charged to, with the strategy that produced it.
+
+    ``policy`` is the Composite part whose numbers this counter enforces when they differ from
+    the policy's own (None: the policy given to :meth:`RateLimiter.check`). It travels with the
+    key but is not one of its fields: a key's documented shape (the dry run's
+    ``{"strategy", "key"}``) and its equality stay those of the counter's name.
+    """
 
     strategy: str
     key: str
+    sub_policy: InitVar[RateLimitConfig | None] = None
+
+    def __post_init__(self, sub_policy: RateLimitConfig | None) -> None:
+        object.__setattr__(self, "_policy", sub_policy)
+
+    @property
+    def policy(self) -> RateLimitConfig | None:
+        policy: RateLimitConfig | None = self.__dict__["_policy"]
+        return policy
 
 
 def capacity(policy: RateLimitConfig) -> int:
@@ -80,20 +99,30 @@ def limit_keys(
         "PerIPAndRoute": f"route={route_id}:ip={client_ip}",
         "PerUserAndRoute": f"route={route_id}:{who_user}",
     }
-    keys: dict[str, LimitKey] = {}
-    for strategy in policy.strategies:
+    keys: dict[tuple[str, tuple[int, int, int, str]], LimitKey] = {}
+    for part in policy.parts:
+        strategy = str(part.strategy)  # a part's strategy is always a simple one
         key = f"{policy.redis_key_prefix}:{scope}:{parts[strategy]}"
-        keys.setdefault(key, LimitKey(strategy, key))  # one counter is charged once
+        own = part if part.numbers != policy.numbers else None
+        # one counter (same key, same numbers) is charged once
+        keys.setdefault((key, part.numbers), LimitKey(strategy, key, own))
     return tuple(keys.values())
 
 
 def describe(policy: RateLimitConfig) -> str:
-    """One line for humans: ``100 requests / 60 s (+20 burst), SlidingWindow, PerIP``."""
+    """One line for humans: ``100 requests / 60 s (+20 burst), SlidingWindow, PerIP``; a
+    Composite whose parts set their own numbers shows each part:
+    ``PerIP: 10 requests / 1 s, FixedWindow; PerUser: 100 requests / 60 s, SlidingWindow``."""
+    if all(part.numbers == policy.numbers for part in policy.parts):
+        return f"{_numbers(policy)}, {' + '.join(policy.strategies)}"
+    return "; ".join(f"{part.strategy}: {_numbers(part)}" for part in policy.parts)
+
+
+def _numbers(policy: RateLimitConfig) -> str:
     burst = f" (+{policy.burst_allowance} burst)" if policy.burst_allowance else ""
-    strategies = " + ".join(policy.strategies)
     return (
         f"{policy.requests_per_window} requests / {policy.window_duration} s{burst}, "
-        f"{policy.window_type}, {strategies}"
+        f"{policy.window_type}"
     )
 
 
@@ -132,18 +161,22 @@ class TokenBuckets:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._buckets: dict[str, tuple[float, float, float]] = {}  # tokens, updated, full at
+        # (key, capacity, rate) -> tokens, updated, full at
+        self._buckets: dict[tuple[str, int, float], tuple[float, float, float]] = {}
         self._operations = 0
 
     def take(self, key: str, capacity: int, rate_per_s: float) -> LimitDecision:
+        """Take a token from the bucket of ``key`` with this capacity and rate (the same key
+        with other numbers is another bucket)."""
         now = self._clock()
-        tokens, updated, _ = self._buckets.get(key, (float(capacity), now, now))
+        bucket = (key, capacity, rate_per_s)
+        tokens, updated, _ = self._buckets.get(bucket, (float(capacity), now, now))
         tokens = min(float(capacity), tokens + (now - updated) * rate_per_s)
         allowed = tokens >= 1.0
         if allowed:
             tokens -= 1.0
         until_full = (capacity - tokens) / rate_per_s
-        self._buckets[key] = (tokens, now, now + until_full)
+        self._buckets[bucket] = (tokens, now, now + until_full)
         self._operations += 1
         if self._operations % self._SWEEP_EVERY == 0:
             self._sweep(now)
@@ -183,8 +216,9 @@ class RateLimiter:
         self._buckets = TokenBuckets()
 
     async def check(self, policy: RateLimitConfig, keys: Sequence[LimitKey]) -> LimitDecision:
-        """Charge every key; the request passes only if all of them allow it."""
-        decisions = [await self._check_one(policy, key.key) for key in keys]
+        """Charge every key against its own numbers (its Composite part's, else ``policy``'s);
+        the request passes only if all of them allow it."""
+        decisions = [await self._check_one(key.policy or policy, key.key) for key in keys]
         refused = [d for d in decisions if not d.allowed]
         if refused:
             return max(refused, key=lambda d: d.retry_after_s)

@@ -44,6 +44,7 @@ The query string is the caller's business.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -148,22 +149,31 @@ class PathPattern:
 
     @classmethod
     def parse(cls, raw: str) -> PathPattern:
-        """Parse ``raw``, raising ``PatternError`` that says what is wrong."""
-        if not raw.startswith("/"):
-            raise PatternError(f"pattern must start with '/': {raw!r}")
-        try:
-            parts = _split(raw)
-        except ValueError as exc:
-            raise PatternError(f"{exc} in {raw!r}") from None
-        segments = tuple(_parse_segment(part, raw) for part in parts)
-        for segment, part in zip(segments[:-1], parts, strict=False):
-            if isinstance(segment, CatchAllSegment):
-                raise PatternError(f"catch-all '{part}' must be the last segment in {raw!r}")
-        names = tuple(s.name for s in segments if not isinstance(s, LiteralSegment))
-        for name in names:
-            if names.count(name) > 1:
-                raise PatternError(f"duplicate parameter {name!r} in {raw!r}")
-        return cls(raw, segments, names)
+        """Parse ``raw``, raising ``PatternError`` that says what is wrong.
+
+        Patterns are immutable, so a parsed one is shared: validation, the route table and every
+        reload of a large config parse each distinct pattern once.
+        """
+        return _parse_pattern(raw)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _parse_pattern(raw: str) -> PathPattern:
+    if not raw.startswith("/"):
+        raise PatternError(f"pattern must start with '/': {raw!r}")
+    try:
+        parts = _split(raw)
+    except ValueError as exc:
+        raise PatternError(f"{exc} in {raw!r}") from None
+    segments = tuple(_parse_segment(part, raw) for part in parts)
+    for segment, part in zip(segments[:-1], parts, strict=False):
+        if isinstance(segment, CatchAllSegment):
+            raise PatternError(f"catch-all '{part}' must be the last segment in {raw!r}")
+    names = tuple(s.name for s in segments if not isinstance(s, LiteralSegment))
+    for name in names:
+        if names.count(name) > 1:
+            raise PatternError(f"duplicate parameter {name!r} in {raw!r}")
+    return PathPattern(raw, segments, names)
 
 
 def _render(template: PathPattern, captures: Mapping[str, tuple[str, ...]]) -> str:

@@ -2,13 +2,16 @@
 outlives configs).
 
 A reload builds a new ``RuntimeState`` and swaps the reference; requests in flight finish on the
-state they started with. ``SharedState`` holds what must survive reloads, keyed by backend or
-route identity: in-flight counts, breakers, rate-limit counters, retry budgets, health, events.
+state they started with. Building (:func:`build_state`) reads nothing that requests change, so
+the gateway runs it off the event loop; only :meth:`RuntimeState.configure_breakers` touches the
+shared breakers, and it runs on the loop just before the swap (:func:`compile_state` does both).
+``SharedState`` holds what must survive reloads, keyed by backend or route identity: in-flight
+counts, breakers, rate-limit counters, retry budgets, health, events.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from kairos_core.ai.decisions import Decision, DecisionLog
@@ -25,6 +28,7 @@ from kairos_core.config.models import (
     RetryConfig,
     Router,
 )
+from kairos_core.config.rules import breaker_owners
 from kairos_core.cors import CorsPolicy
 from kairos_core.errors import GatewayError
 from kairos_core.events import EventBus
@@ -156,6 +160,7 @@ class RuntimeState:
     trusted_proxies: Networks
     breaker_owners: Mapping[str, str]
     shared: SharedState = field(repr=False)
+    breaker_policies: Mapping[str, CircuitBreakerConfig] = field(default_factory=dict, repr=False)
 
     @property
     def config(self) -> GatewayConfig:
@@ -168,6 +173,10 @@ class RuntimeState:
     @property
     def in_flight(self) -> InFlight:
         return self.shared.in_flight
+
+    def configure_breakers(self) -> None:
+        """Point the shared breakers at this config's policies (one per backend; on the loop)."""
+        self.shared.breakers.configure(self.breaker_policies.items())
 
     def unroutable(self) -> list[str]:
         """Ids of routes with no candidate backend (primary or fallback) right now."""
@@ -202,8 +211,16 @@ def compile_state(
 
     ``environ`` (default: the process environment) is where LLM API keys are looked up.
     """
+    state = build_state(loaded, shared if shared is not None else SharedState(), environ=environ)
+    state.configure_breakers()
+    return state
+
+
+def build_state(
+    loaded: LoadedConfig, shared: SharedState, *, environ: Mapping[str, str] | None = None
+) -> RuntimeState:
+    """Compile a validated config without changing ``shared`` (safe in a worker thread)."""
     config = loaded.config
-    shared = shared if shared is not None else SharedState()
     specs: list[RouteSpec[CompiledRoute]] = []
     routes: dict[str, CompiledRoute] = {}
     ids = route_ids(config.routers)
@@ -221,22 +238,21 @@ def compile_state(
                 payload=route,
             )
         )
-    owners = breaker_owners(routes.values())
-    shared.breakers.configure((key, routes[owner].breaker) for key, owner in owners.items())
+    owners = breaker_owners(enumerate(config.routers), config.circuit_breaker)
     jwt = JwtVerifier(config.jwt) if config.jwt is not None else None
     cors = CorsPolicy(config.cors) if config.cors is not None else None
     trusted = parse_networks(config.server.trusted_proxies)
-    return RuntimeState(loaded, RouteTable(specs), routes, jwt, cors, trusted, owners, shared)
-
-
-def breaker_owners(routes: Iterable[CompiledRoute]) -> dict[str, str]:
-    """Backend key → id of the route whose breaker policy it gets: the first route, in config
-    order, that names the backend (DESIGN.md §5: one breaker per backend)."""
-    owners: dict[str, str] = {}
-    for route in routes:
-        for backend in (*route.backends, *route.fallback):
-            owners.setdefault(backend.key, route.route_id)
-    return owners
+    return RuntimeState(
+        loaded,
+        RouteTable(specs),
+        routes,
+        jwt,
+        cors,
+        trusted,
+        {backend: ids[owner.index] for backend, owner in owners.items()},
+        shared,
+        {backend: owner.policy for backend, owner in owners.items()},
+    )
 
 
 def _compile_route(

@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import asdict
 from typing import Any
 from urllib.parse import unquote
@@ -34,8 +35,12 @@ from kairos_core.config import (
     route_ids,
     validate_document,
 )
+from kairos_core.config.loader import decode_json
 from kairos_core.config.store import (
+    REDACTED,
+    is_secret_header,
     redact,
+    redact_query,
     restore_secrets,
     with_route_added,
     with_route_removed,
@@ -48,8 +53,11 @@ from kairos_core.metrics import HISTORY_SECONDS
 from kairos_gateway import wire
 from kairos_gateway.runtime import GatewayRuntime, VersionConflict
 
+log = logging.getLogger("kairos.admin")
 PUBLIC_PATHS = frozenset({"/health", "/live", "/ready"})
 EVENT_QUEUE_SIZE = 1000
+# a config nests a few levels (routers[].request_transformation.headers[]...); the rest is abuse
+MAX_BODY_DEPTH = 64
 SSE_KEEPALIVE_S = 15.0
 Handler = Callable[..., Coroutine[Any, Any, HTTPResponse | None]]
 
@@ -95,7 +103,7 @@ def build_admin_app(runtime: GatewayRuntime) -> Sanic[Any, Any]:
     app.config.ACCESS_LOG = False
     app.config.NOISY_EXCEPTIONS = False
     api = AdminApi(runtime)
-    runtime.snapshot_source = lambda: api.snapshot().model_dump(mode="json")
+    runtime.snapshot_source = api.snapshot_event
 
     @app.on_request
     async def authenticate(request: Request) -> HTTPResponse | None:
@@ -116,6 +124,8 @@ def build_admin_app(runtime: GatewayRuntime) -> Sanic[Any, Any]:
         if isinstance(exception, AdminError):
             return error_response(exception, _request_id(request))
         status = getattr(exception, "status_code", 500)
+        if status >= 500:
+            log.error("%s %s failed", request.method, request.path, exc_info=exception)
         kinds = {404: "not_found", 405: "bad_request", 413: "payload_too_large"}
         kind = kinds.get(status, "bad_request" if status < 500 else "internal")
         message = str(exception) if status < 500 else "internal error"
@@ -169,6 +179,7 @@ class AdminApi:
         body = models.Ready(
             status="not_ready" if reasons else "ready",
             reasons=reasons,
+            unroutable=self.runtime.unroutable(),
             config_version=self.runtime.state.version,
         )
         return reply(body, 503 if reasons else 200)
@@ -183,9 +194,19 @@ class AdminApi:
         )
 
     async def metrics(self, request: Request) -> HTTPResponse:
-        return reply(self.snapshot())
+        data = self._snapshot_data()
+        return await asyncio.to_thread(lambda: reply(models.MetricsSnapshot.model_validate(data)))
 
-    def snapshot(self) -> models.MetricsSnapshot:
+    async def snapshot_event(self) -> dict[str, Any]:
+        """The data of a ``snapshot`` event: figures read on the loop, the model built off it
+        (with thousands of routes, validating and dumping it is the long part)."""
+        data = self._snapshot_data()
+        return await asyncio.to_thread(
+            lambda: models.MetricsSnapshot.model_validate(data).model_dump(mode="json")
+        )
+
+    def _snapshot_data(self) -> dict[str, Any]:
+        """The figures of a :class:`models.MetricsSnapshot`, read now (on the event loop)."""
         runtime, shared = self.runtime, self.runtime.shared
         metrics, state = runtime.metrics, runtime.state
         data: dict[str, Any] = asdict(metrics.summary())
@@ -213,7 +234,7 @@ class AdminApi:
             for circuit in self.circuit_infos()
         ]
         data["ai"] = wire.ai_metrics(shared.ai.log)
-        return models.MetricsSnapshot.model_validate(data)
+        return data
 
     async def history(self, request: Request) -> HTTPResponse:
         seconds = _int_arg(request, "seconds", 900, 1, HISTORY_SECONDS)
@@ -267,18 +288,22 @@ class AdminApi:
     # --- routes -------------------------------------------------------------------------------
 
     async def list_routes(self, request: Request) -> HTTPResponse:
-        state = self.runtime.state
-        return reply(
-            models.RouteList(routes=self._route_infos(), config_version=state.version),
-            etag=state.version,
-        )
+        loaded = self.runtime.state.loaded
+
+        def answer() -> HTTPResponse:
+            routes = self._route_infos(loaded, range(len(loaded.config.routers)))
+            body = models.RouteList(routes=routes, config_version=loaded.version)
+            return reply(body, etag=loaded.version)
+
+        return await asyncio.to_thread(answer)
 
     async def get_route(self, request: Request, route_id: str) -> HTTPResponse:
-        info = self._route_info(unquote(route_id))
-        return reply(info, etag=self.runtime.state.version)
+        loaded = self.runtime.state.loaded
+        (info,) = self._route_infos(loaded, [self._route_index(loaded, unquote(route_id))])
+        return reply(info, etag=loaded.version)
 
     async def create_route(self, request: Request) -> HTTPResponse:
-        body = _json_object(request)
+        body = await _json_object(request)
 
         def add(current: LoadedConfig) -> dict[str, Any]:
             name = body.get("name")
@@ -287,14 +312,14 @@ class AdminApi:
             return with_route_added(current.document, body)
 
         before, after = await self._apply(request, add, "route created", duplicate_is_conflict=True)
-        created = self._route_infos(after)[len(before.config.routers)]
+        (created,) = self._route_infos(after, [len(before.config.routers)])
         self._publish_route("created", created.id)
         return reply(
             models.RouteChange(route=created, config_version=after.version), 201, after.version
         )
 
     async def update_route(self, request: Request, route_id: str) -> HTTPResponse:
-        body = _json_object(request)
+        body = await _json_object(request)
         wanted = unquote(route_id)
         index = -1
 
@@ -305,7 +330,7 @@ class AdminApi:
             return with_route_replaced(current.document, index, restore_secrets(body, running))
 
         _, after = await self._apply(request, replace, "route updated", duplicate_is_conflict=True)
-        updated = self._route_infos(after)[index]
+        (updated,) = self._route_infos(after, [index])
         self._publish_route("updated", updated.id)
         return reply(
             models.RouteChange(route=updated, config_version=after.version), etag=after.version
@@ -328,17 +353,15 @@ class AdminApi:
                 return index
         raise AdminError(404, "not_found", f"no route with id {route_id!r}")
 
-    def _route_infos(self, loaded: LoadedConfig | None = None) -> list[models.RouteInfo]:
-        loaded = loaded or self.runtime.state.loaded
+    @staticmethod
+    def _route_infos(loaded: LoadedConfig, indexes: Iterable[int]) -> list[models.RouteInfo]:
+        """The routes at ``indexes``, as written (secrets redacted)."""
+        ids = route_ids(loaded.config.routers)
         documents = loaded.document.get("routers", [])
         return [
-            models.RouteInfo(id=route_id, index=index, config=redact(documents[index]))
-            for index, route_id in enumerate(route_ids(loaded.config.routers))
+            models.RouteInfo(id=ids[index], index=index, config=redact(documents[index]))
+            for index in indexes
         ]
-
-    def _route_info(self, route_id: str) -> models.RouteInfo:
-        loaded = self.runtime.state.loaded
-        return self._route_infos(loaded)[self._route_index(loaded, route_id)]
 
     def _publish_route(self, action: str, route_id: str) -> None:
         self.runtime.shared.events.publish("route", {"action": action, "route": route_id})
@@ -347,35 +370,47 @@ class AdminApi:
 
     async def get_config(self, request: Request) -> HTTPResponse:
         loaded = self.runtime.state.loaded
-        body = models.ConfigDocument(
-            config=redact(loaded.document), config_version=loaded.version, source=loaded.source
-        )
-        return reply(body, etag=loaded.version)
+
+        def answer() -> HTTPResponse:
+            body = models.ConfigDocument(
+                config=redact(loaded.document), config_version=loaded.version, source=loaded.source
+            )
+            return reply(body, etag=loaded.version)
+
+        return await asyncio.to_thread(answer)
 
     async def put_config(self, request: Request) -> HTTPResponse:
-        body = _json_object(request)
+        body = await _json_object(request)
 
         def replace_all(current: LoadedConfig) -> dict[str, Any]:
             return restore_secrets(body, current.document)
 
         _, after = await self._apply(request, replace_all, "config replaced")
-        return reply(
-            models.ReloadResult(reloaded=True, config_version=after.version), etag=after.version
+        body = models.ReloadResult(
+            reloaded=True,
+            config_version=after.version,
+            restart_required=self.runtime.restart_required(after),
         )
+        return reply(body, etag=after.version)
 
     async def validate_config(self, request: Request) -> HTTPResponse:
-        body = restore_secrets(_json_object(request), self.runtime.state.loaded.document)
-        try:
-            loaded = validate_document(body, source="<request>")
-        except ConfigError as exc:
-            return reply(
-                models.ValidationResult(
-                    valid=False,
-                    errors=_issues(exc.errors),
-                    warnings=_issues([i for i in exc.issues if i not in exc.errors]),
+        sent = await _json_object(request)
+        running = self.runtime.state.loaded.document
+
+        def answer() -> HTTPResponse:
+            try:
+                loaded = validate_document(restore_secrets(sent, running), source="<request>")
+            except ConfigError as exc:
+                return reply(
+                    models.ValidationResult(
+                        valid=False,
+                        errors=_issues(exc.errors),
+                        warnings=_issues([i for i in exc.issues if i not in exc.errors]),
+                    )
                 )
-            )
-        return reply(models.ValidationResult(valid=True, warnings=_issues(loaded.issues)))
+            return reply(models.ValidationResult(valid=True, warnings=_issues(loaded.issues)))
+
+        return await asyncio.to_thread(answer)
 
     async def reload_config(self, request: Request) -> HTTPResponse:
         try:
@@ -387,7 +422,12 @@ class AdminApi:
                 errors=_issues(exc.errors),
             )
             return reply(body, 400)
-        return reply(models.ReloadResult(reloaded=True, config_version=loaded.version))
+        body = models.ReloadResult(
+            reloaded=True,
+            config_version=loaded.version,
+            restart_required=self.runtime.restart_required(loaded),
+        )
+        return reply(body)
 
     async def _apply(
         self,
@@ -456,7 +496,7 @@ class AdminApi:
     async def route_test(self, request: Request) -> HTTPResponse:
         """The dry run of ``kairos route-test`` on the running config and live backend states."""
         try:
-            asked = models.RouteTestRequest.model_validate(_json_object(request))
+            asked = models.RouteTestRequest.model_validate(await _json_object(request))
         except ValidationError as exc:
             raise AdminError(400, "bad_request", f"invalid route-test request: {exc}") from exc
         plan = plan_request(
@@ -478,7 +518,7 @@ class AdminApi:
                 body=asked.body.encode() if asked.body is not None else None,
                 states=self.runtime.shared,
             )
-        report = plan.to_dict()
+        report = _without_secrets(plan.to_dict())
         return reply(
             models.RouteTest(
                 outcome=report["outcome"],
@@ -501,6 +541,31 @@ class AdminApi:
         )
 
 
+def _without_secrets(report: dict[str, Any]) -> dict[str, Any]:
+    """A dry-run report with credential-named header and query values redacted, as in
+    ``GET /api/config``: the plan shows what a transformation sets, never the secret it sets."""
+    url = report.get("upstream_url")
+    if isinstance(url, str) and "?" in url:
+        base, _, query = url.partition("?")
+        report["upstream_url"] = f"{base}?{redact_query(query)}"
+        report["message"] = str(report.get("message", "")).replace(url, report["upstream_url"])
+    request_transform = report.get("request_transform")
+    if isinstance(request_transform, dict):
+        for parts in request_transform.values():
+            if isinstance(parts, dict):
+                parts["query"] = redact_query(parts.get("query") or "")
+                parts["headers"] = [
+                    [name, REDACTED if is_secret_header(name) else value]
+                    for name, value in parts.get("headers") or []
+                ]
+    response_transform = report.get("response_transform")
+    if isinstance(response_transform, dict):
+        response_transform["headers"] = redact(
+            {"headers": response_transform.get("headers") or []}
+        )["headers"]
+    return report
+
+
 def _sse(event: Event) -> str:
     wire = models.Event(id=event.id, type=event.type, time=event.time, data=dict(event.data))
     return f"id: {event.id}\nevent: {event.type}\ndata: {wire.model_dump_json()}\n\n"
@@ -510,14 +575,49 @@ def _issues(issues: Any) -> list[models.ValidationIssue]:
     return [models.ValidationIssue.model_validate(issue.to_dict()) for issue in issues]
 
 
-def _json_object(request: Request) -> dict[str, Any]:
+async def _json_object(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object (parsed off the event loop: it may be a whole config)."""
+    return await asyncio.to_thread(_parse_json_object, request.body or b"null")
+
+
+def _parse_json_object(raw: bytes) -> dict[str, Any]:
+    too_deep = AdminError(
+        400, "bad_request", f"request body is nested more than {MAX_BODY_DEPTH} levels deep"
+    )
     try:
-        body = json.loads(request.body or b"null")
+        body = _decode(raw)
+    except RecursionError as exc:
+        raise too_deep from exc
     except ValueError as exc:
         raise AdminError(400, "bad_request", f"request body is not JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise AdminError(400, "bad_request", "request body must be a JSON object")
+    if _depth_exceeds(body, MAX_BODY_DEPTH):
+        raise too_deep
     return body
+
+
+def _decode(raw: bytes) -> Any:
+    """JSON in steps (a whole config never holds the interpreter in one call); other
+    encodings than UTF-8 as ``json.loads`` detects them."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return json.loads(raw)
+    return decode_json(text)
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether JSON ``value`` nests more than ``limit`` objects and arrays (walked without
+    recursion, so no depth can overflow the stack)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def _int_arg(request: Request, name: str, default: int, low: int, high: int) -> int:

@@ -1,7 +1,8 @@
 """``kairos-gateway [CONFIG]``: validate the config, then serve the proxy and admin listeners.
 
-A config that does not validate is reported (the same issues ``kairos validate`` prints) and the
-process exits with status 1 before binding any port. Both listeners are bound before either is
+A config that does not validate is reported (the same issues ``kairos validate`` prints, the
+``server.workers`` rule included) and the process exits with status 1 before binding any port;
+the warnings of one that does are logged at WARNING. Both listeners are bound before either is
 announced or served: if one address cannot be bound (in use, not local, not permitted), one line
 on stderr names it and the reason, and the process exits with status 1 with nothing running.
 """
@@ -12,7 +13,6 @@ import argparse
 import gc
 import json
 import logging
-import os
 import socket
 import sys
 from pathlib import Path
@@ -21,13 +21,13 @@ from sanic import Sanic
 from sanic.server.socket import bind_socket
 
 from kairos_core import __version__
-from kairos_core.config import ConfigError, load_config
+from kairos_core.config import ConfigError, default_config_path, load_config
 from kairos_core.config.rules import is_loopback
 from kairos_gateway.accesslog import BatchedStreamHandler
 from kairos_gateway.admin import build_admin_app
 from kairos_gateway.app import build_proxy_app
 from kairos_gateway.proxy_protocol import ProxyProtocol
-from kairos_gateway.runtime import GatewayRuntime
+from kairos_gateway.runtime import GatewayRuntime, log_config_issues
 
 LISTEN_BACKLOG = 1024
 
@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "config",
         nargs="?",
-        default=os.environ.get("KAIROS_CONFIG_PATH", "config.json"),
+        default=str(default_config_path()),
         help="config file (default: $KAIROS_CONFIG_PATH or ./config.json)",
     )
     parser.add_argument("--host", help="proxy listener host (overrides server.host)")
@@ -110,22 +110,15 @@ def main(argv: list[str] | None = None) -> None:
         for issue in exc.issues:
             print(f"  {issue.severity}: {issue}", file=sys.stderr)
         raise SystemExit(1) from None
-    for issue in loaded.issues:
-        logging.getLogger("kairos.config").info("%s: %s", issue.severity, issue)
+    log_config_issues(loaded)
 
     config = loaded.config
-    if config.server.workers > 1:
-        print(
-            f"✗ server.workers = {config.server.workers}: multi-worker cluster mode is not "
-            "available in this release; run one worker per instance",
-            file=sys.stderr,
-        )
-        raise SystemExit(1)
     runtime = GatewayRuntime(
         loaded, path, log_format=args.log_format, upstream_client=args.upstream_client
     )
     runtime.admin_host = args.admin_host or config.admin.host
     proxy = build_proxy_app(runtime)
+    proxy.after_server_start(lambda _app: runtime.mark_listening())  # /ready waits for it
     admin = build_admin_app(runtime)
     proxy_host, proxy_port = args.host or config.server.host, args.port or config.server.port
     admin_host = args.admin_host or config.admin.host

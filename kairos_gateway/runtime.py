@@ -9,17 +9,29 @@ on the state they started with; a file that does not validate is rejected, its r
 the running config kept. ``SIGHUP`` triggers the same reload. Admin API edits go the other way:
 validated first, written atomically, then swapped in; the file watcher then sees a file whose
 content is already running and does nothing.
+
+Listener settings (``server.host``/``port``/``workers``, ``admin.host``/``port``) are read only at
+start: a change that reaches them is applied everywhere else and reported as "restart required"
+(a WARNING line, the ``reload`` event and the admin API's reload result).
+
+Proxied requests never wait for a config change: reading, validating and compiling a config run
+in a worker thread, with the cyclic garbage collector paused (its passes would hold the
+interpreter); only the swap itself (pointing the shared breakers at the new policies, one
+reference assignment, health-check targets) runs on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import hashlib
 import logging
 import os
 import signal
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +40,22 @@ from kairos_core.config import (
     ConfigError,
     ConfigIssue,
     LoadedConfig,
+    Severity,
     load_config,
     validate_document,
 )
-from kairos_core.config.rules import is_loopback
+from kairos_core.config.rules import is_loopback, restart_required
 from kairos_core.config.store import write_atomically
 from kairos_core.events import Event
 from kairos_core.h1client import H1Upstream
 from kairos_core.metrics import Metrics
 from kairos_core.pipeline import Pipeline, RequestRecord
-from kairos_core.state import RuntimeState, SharedState, compile_state
+from kairos_core.state import RuntimeState, SharedState, build_state, compile_state
 from kairos_core.upstream import AiohttpUpstream, UpstreamClient
 from kairos_gateway.accesslog import AccessLog
 
 log = logging.getLogger("kairos.gateway")
+config_log = logging.getLogger("kairos.config")
 _STATE_CODES = {"closed": 0, "open": 1, "half_open": 2}
 CONFIG_POLL_S = 1.0
 
@@ -59,6 +73,7 @@ class GatewayRuntime:
     ) -> None:
         self.config_path = config_path
         self.started = time.monotonic()
+        self._started_config = loaded.config  # what the listeners were bound with
         self.upstream: UpstreamClient = (
             AiohttpUpstream() if upstream_client == "aiohttp" else H1Upstream()
         )
@@ -67,13 +82,16 @@ class GatewayRuntime:
         self.shared.events.subscribe(self._count_event)
         state = compile_state(loaded, self.shared)
         self.pipeline = Pipeline(state, self.upstream, on_record=self._on_record)
-        self.snapshot_source: Any = None  # set by the admin app: () -> dict for `snapshot` events
+        # set by the admin app: async () -> dict, the data of `snapshot` events
+        self.snapshot_source: Callable[[], Awaitable[dict[str, Any]]] | None = None
         self.event_streams = 0  # open /api/events connections; snapshots are built only for them
         self.admin_host: str | None = None  # where the admin listener is bound (set by main)
         self.access_log = AccessLog(log_format)
-        self.draining = False  # set at SIGTERM / SIGINT, before any listener closes
+        self.listening = False  # the proxy listener is bound (see mark_listening)
+        self.draining = False  # set at SIGTERM / SIGINT, before any listener closes: /ready 503
         self._background: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
+        self._written_digest: str | None = None  # of the bytes the last admin edit wrote
         self._starts = 0
 
     @property
@@ -113,19 +131,18 @@ class GatewayRuntime:
 
     async def reload(self, reason: str) -> LoadedConfig:
         """Load the file again; swap on success. Raises ConfigError and keeps the running config."""
-        async with self._reload_lock:
+        async with self._reload_lock, _collector_paused():
             try:
-                loaded = await asyncio.to_thread(load_config, self.config_path)
-            except ConfigError as exc:
-                self._rejected(reason, exc)
-                raise
-            try:
+                changed = await asyncio.to_thread(self._load_if_changed)
+                if changed is None:
+                    return self.state.loaded
+                loaded = changed
                 self._guard_admin(loaded)
             except ConfigError as exc:
                 self._rejected(reason, exc)
                 raise
             if loaded.version != self.state.version:
-                self._swap(loaded, reason)
+                self._swap(await asyncio.to_thread(build_state, loaded, self.shared), reason)
             return loaded
 
     async def apply_edit(
@@ -142,25 +159,68 @@ class GatewayRuntime:
         (before, after). Raises :class:`ConfigError` (nothing written, running config kept) or
         :class:`VersionConflict`; whatever ``edit`` raises propagates.
         """
-        async with self._reload_lock:
+        async with self._reload_lock, _collector_paused():
             before = self.state.loaded
             if if_match is not None and not _matches(if_match, before.version):
                 raise VersionConflict(before.version)
-            document = edit(before)
-            loaded = validate_document(dict(document), source=str(self.config_path))
+            state = await asyncio.to_thread(self._build_edit, edit, before)
+            loaded = state.loaded
             self._guard_admin(loaded)
-            await asyncio.to_thread(write_atomically, self.config_path, loaded.document)
-            self._swap(loaded, reason)
+            written = await asyncio.to_thread(write_atomically, self.config_path, loaded.document)
+            self._swap(state, reason)
+            self._written_digest = hashlib.sha256(written).hexdigest()
             return before, loaded
 
-    def _swap(self, loaded: LoadedConfig, reason: str) -> None:
-        self.pipeline.swap(compile_state(loaded, self.shared))
+    def _load_if_changed(self) -> LoadedConfig | None:
+        """The file's config, or None when the file holds exactly what the last admin edit wrote
+        (that config is running: the file watcher's echo of an edit costs one read)."""
+        if self._written_digest is not None:
+            with contextlib.suppress(OSError):
+                digest = hashlib.sha256(self.config_path.read_bytes()).hexdigest()
+                if digest == self._written_digest:
+                    return None
+        return load_config(self.config_path)
+
+    def _build_edit(
+        self, edit: Callable[[LoadedConfig], Mapping[str, Any]], before: LoadedConfig
+    ) -> RuntimeState:
+        """The state ``edit`` leads to (in a worker thread: nothing here touches live state)."""
+        document = edit(before)
+        loaded = validate_document(dict(document), source=str(self.config_path))
+        return build_state(loaded, self.shared)
+
+    def _swap(self, state: RuntimeState, reason: str) -> None:
+        loaded = state.loaded
+        state.configure_breakers()
+        self.pipeline.swap(state)
         self._configure_health()
         self.metrics.reload("success")
-        log.info("config applied (%s): version %s", reason, loaded.version)
+        pending = self.restart_required(loaded)
+        if pending:
+            log.warning(
+                "config applied (%s): version %s; restart required for %s (the listeners keep "
+                "the settings they started with)",
+                reason,
+                loaded.version,
+                ", ".join(pending),
+            )
+        else:
+            log.info("config applied (%s): version %s", reason, loaded.version)
+        log_config_issues(loaded)
         self.shared.events.publish(
-            "reload", {"result": "success", "reason": reason, "version": loaded.version}
+            "reload",
+            {
+                "result": "success",
+                "reason": reason,
+                "version": loaded.version,
+                "restart_required": pending,
+            },
         )
+
+    def restart_required(self, loaded: LoadedConfig) -> list[str]:
+        """The listener settings ``loaded`` changes from the config this process started with
+        (they apply only at the next restart)."""
+        return restart_required(self._started_config, loaded.config)
 
     def _rejected(self, reason: str, exc: ConfigError) -> None:
         self.metrics.reload("failure")
@@ -201,11 +261,35 @@ class GatewayRuntime:
     # --- readiness, health, metrics -------------------------------------------------------------
 
     def not_ready_reasons(self) -> list[str]:
-        """Why the gateway cannot serve every route now (empty when ready)."""
-        return [
-            f"route {route_id!r} has no backend that is healthy and admitting"
-            for route_id in self.state.unroutable()
-        ]
+        """Why a load balancer should not send traffic here now (empty when ready).
+
+        Ready: the config is loaded (it is, once this object exists), the proxy listener is
+        bound, the gateway is not draining, and under cluster mode with ``on_redis_error: deny``
+        Redis is reachable. Routes without a candidate backend do not count (see
+        :meth:`unroutable`): one dead upstream must not take every replica out of rotation.
+        """
+        reasons = []
+        if not self.listening:
+            reasons.append("the proxy listener is not bound yet")
+        if self.draining:
+            reasons.append("draining: shutting down, finishing the requests in flight")
+        cluster = self.state.config.cluster
+        if cluster.redis_url and cluster.on_redis_error == "deny" and not self.cluster_ready():
+            reasons.append("cluster Redis is unreachable and cluster.on_redis_error is 'deny'")
+        return reasons
+
+    def unroutable(self) -> list[str]:
+        """Ids of the routes with no healthy, admitting backend (primary or fallback) now."""
+        return self.state.unroutable()
+
+    def cluster_ready(self) -> bool:
+        """Whether the shared cluster state (Redis) is reachable. Cluster mode does not exist
+        yet, so nothing can be unreachable: this is the hook its Redis check plugs into."""
+        return True
+
+    def mark_listening(self) -> None:
+        """The proxy listener is bound (called from its ``after_server_start``)."""
+        self.listening = True
 
     def refresh_gauges(self) -> None:
         shared = self.shared
@@ -226,7 +310,7 @@ class GatewayRuntime:
             self.refresh_gauges()
             if self.snapshot_source is not None and self.event_streams > 0:
                 try:
-                    self.shared.events.publish("snapshot", self.snapshot_source())
+                    self.shared.events.publish("snapshot", await self.snapshot_source())
                 except Exception:
                     log.exception("building the metrics snapshot failed")
 
@@ -249,6 +333,38 @@ class GatewayRuntime:
     def _on_record(self, record: RequestRecord) -> None:
         self.metrics.observe(record.sample())
         self.access_log.add(record)
+
+
+@contextlib.asynccontextmanager
+async def _collector_paused() -> AsyncIterator[None]:
+    """Pause the cyclic garbage collector while a config is read and built; on success, freeze
+    what is alive afterwards (mostly the new config, which lives until the next change).
+
+    Building a large config allocates hundreds of thousands of objects. With the collector on,
+    every young-generation pass over them holds the interpreter for 10-30 ms (the gateway runs
+    with a high gen-0 threshold), so the worker thread's passes would stall the event loop as
+    surely as work on the loop itself. Frozen, like everything built at start-up, the new
+    config is never scanned by later passes either.
+    """
+    enabled = gc.isenabled()
+    interval = sys.getswitchinterval()
+    gc.disable()
+    sys.setswitchinterval(0.001)
+    try:
+        yield
+        gc.freeze()  # reached only when the change went through
+    finally:
+        sys.setswitchinterval(interval)
+        if enabled:
+            gc.enable()
+
+
+def log_config_issues(loaded: LoadedConfig) -> None:
+    """Log a running config's issues: every warning at WARNING (a typo must not hide in INFO
+    lines), recommendations at INFO."""
+    for issue in loaded.issues:
+        level = logging.INFO if issue.severity is Severity.RECOMMENDATION else logging.WARNING
+        config_log.log(level, "%s: %s", issue.severity, issue)
 
 
 class VersionConflict(Exception):

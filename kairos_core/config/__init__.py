@@ -4,6 +4,7 @@ from kairos_core.config.errors import ConfigError, ConfigIssue, Severity
 from kairos_core.config.loader import (
     MAX_CONFIG_BYTES,
     LoadedConfig,
+    default_config_path,
     format_path,
     load_config,
     parse_config,
@@ -35,6 +36,7 @@ __all__ = [
     "RetryConfig",
     "Router",
     "Severity",
+    "default_config_path",
     "format_path",
     "load_config",
     "parse_config",

@@ -7,6 +7,8 @@ from loading; warnings and recommendations are reported and the config still loa
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -66,3 +68,10 @@ class ConfigError(Exception):
         lines = [f"{self.source}: {len(errors)} error(s)"]
         lines.extend(f"  {issue}" for issue in errors)
         return "\n".join(lines)
+
+
+def unknown_key_message(key: str, known: Iterable[str]) -> str:
+    """``unknown key 'auth_requried'; did you mean 'auth_required'?`` (no hint when nothing is
+    close)."""
+    hint = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f"unknown key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")

@@ -8,36 +8,39 @@ holds *every* problem found, each with its JSON path and file line. Order of wor
 3. keys beginning with ``_`` (``_comment``) are dropped at every level;
 4. string values expand ``${VAR}`` and ``${VAR:-default}``; an unset variable with no default is an
    error naming the variable (secrets must not silently become empty strings);
-5. keys the schema does not know are warnings with a "did you mean" suggestion (errors when
-   ``strict``);
+5. keys the schema does not know are errors with a "did you mean" suggestion: a typo such as
+   ``auth_requried`` must never start a route public (``strict`` turns warnings into errors);
 6. the models check types, enums and required fields; the semantic rules of
-   :mod:`kairos_core.config.rules` check everything else. Routers are checked one by one, so a
-   broken router does not hide the problems of the others.
+   :mod:`kairos_core.config.rules` check everything else, all in one pass: routers are checked
+   one by one, and when some part does not validate the rules still run on every part that does
+   (a broken router hides neither the other routers' problems nor a duplicate path or an auth
+   route without a ``jwt`` block).
 """
 
 from __future__ import annotations
 
-import difflib
+import bisect
+import functools
 import hashlib
 import json
 import os
 import re
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-from json_source_map import calculate as json_source_map
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from kairos_core.config.errors import ConfigError, ConfigIssue, Severity
+from kairos_core.config.errors import ConfigError, ConfigIssue, Severity, unknown_key_message
 from kairos_core.config.models import GatewayConfig, Router
-from kairos_core.config.rules import check_config, check_router_alone
+from kairos_core.config.rules import Partial, check_config
 
 MAX_CONFIG_BYTES = 10 * 1024 * 1024
+CONFIG_PATH_ENV = "KAIROS_CONFIG_PATH"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 Loc = tuple[str | int, ...]
@@ -71,40 +74,173 @@ def format_path(loc: Loc) -> str:
 
 
 class _LineMap:
-    """JSON path → 1-based file line, computed only when an issue needs locating."""
+    """JSON path → 1-based file line, computed only when an issue needs locating.
 
-    def __init__(self, text: str) -> None:
-        self._text = text
-        self._entries: dict[str, Any] | None = None
+    The text is walked with the standard library's C scanner: a container on the way to a
+    located value is indexed once (each member's key and value offsets, found by decoding and
+    skipping its values), so locating every issue of a large config costs a few decodes of the
+    text rather than a parse in Python. ``text`` may be a callable producing the text (the admin
+    API serialises a document only when one of its issues needs a line). A path that does not
+    exist in the text falls back to its nearest existing parent.
+    """
+
+    def __init__(self, text: str | Callable[[], str]) -> None:
+        self._source = text
+        self._text: str | None = None
+        self._newlines: list[int] | None = None
+        self._children: dict[int, tuple[dict[str | int, tuple[int, int]], int]] = {}
 
     def line(self, loc: Loc) -> int | None:
-        if self._entries is None:
-            try:
-                self._entries = {_unescape(k): v for k, v in json_source_map(self._text).items()}
-            except Exception:  # the map is a nicety; never let it hide the real problem
-                self._entries = {}
-        parts = list(loc)
-        while True:
-            # json_source_map keys entries by the raw key text (no RFC 6901 escaping)
-            pointer = "".join(f"/{p}" for p in parts)
-            entry = self._entries.get(pointer)
-            if entry is not None:
-                start = entry.key_start or entry.value_start
-                return int(start.line) + 1
-            if not parts:
-                return None
-            parts.pop()
+        try:
+            return self._line(loc)
+        except (ValueError, IndexError, RecursionError):  # a nicety; never hide the real problem
+            return None
+
+    def _line(self, loc: Loc) -> int:
+        if self._text is None:
+            self._text = self._source if isinstance(self._source, str) else self._source()
+            self._newlines = [m.start() for m in re.finditer("\n", self._text)]
+        text = self._text
+        position = located = _skip_whitespace(text, 0)
+        for part in loc:
+            if text[position] not in "{[":
+                break
+            entry = self._members(text, position).get(part)
+            if entry is None:
+                break
+            located, position = entry  # an object member is located by its key
+        assert self._newlines is not None
+        return bisect.bisect_left(self._newlines, located) + 1
+
+    def _members(self, text: str, start: int, depth: int = 0) -> dict[str | int, tuple[int, int]]:
+        """The container at ``start``: each key (or index) → (key offset, value offset)."""
+        return self._index(text, start, depth)[0]
+
+    def _index(
+        self, text: str, start: int, depth: int
+    ) -> tuple[dict[str | int, tuple[int, int]], int]:
+        cached = self._children.get(start)
+        if cached is not None:
+            return cached
+        members: dict[str | int, tuple[int, int]] = {}
+        name: str | int
+        closing = "}" if text[start] == "{" else "]"
+        position = _skip_whitespace(text, start + 1)
+        index = 0
+        while text[position] != closing:
+            if closing == "}":
+                key_at = position
+                name, position = _DECODER.raw_decode(text, position)
+                position = _skip_whitespace(text, _skip_whitespace(text, position) + 1)  # ':'
+            else:
+                key_at, name, index = position, index, index + 1
+            members[name] = (key_at, position)
+            if depth < _STEP_DEPTH and text[position] in "{[":
+                position = self._index(text, position, depth + 1)[1]  # skipped a member at a time
+            else:
+                _, position = _DECODER.raw_decode(text, position)
+            position = _skip_whitespace(text, position)
+            if text[position] == ",":
+                position = _skip_whitespace(text, position + 1)
+        self._children[start] = (members, position + 1)
+        return members, position + 1
 
 
-def _unescape(pointer: str) -> str:
-    """Decode ``\\uXXXX`` escapes the source map keeps verbatim in key text."""
-    if "\\" not in pointer:
-        return pointer
+_DECODER = json.JSONDecoder()
+# Containers this deep (the document, its blocks and lists) are decoded a member at a time, so
+# that no single call into the C decoder lasts long on a large config (each one holds the
+# interpreter: a 5,000-route list decoded in one call stalls every other thread for ~12 ms).
+_STEP_DEPTH = 1
+
+
+def decode_json(text: str) -> Any:
+    """``json.loads(text)``, decoded a member at a time: the document's members and the elements
+    of its lists (5,000 routers) are separate steps of the standard library's C decoder, so other
+    threads (the event loop) wait for one router at most, never for the whole file. Same value,
+    same errors: anything the steps do not handle goes to ``json.loads``."""
     try:
-        decoded: str = json.loads(f'"{pointer}"')
-    except ValueError:
-        return pointer
-    return decoded
+        position = _skip_whitespace(text, 0)
+        if text[position] != "{":
+            raise ValueError("not an object")
+        value, position = _decode_container(text, position, 0)
+        if _skip_whitespace(text, position) != len(text):
+            raise ValueError("extra data")
+    except (ValueError, IndexError, RecursionError):
+        return json.loads(text)  # the canonical value, or the canonical error
+    return value
+
+
+def _decode_container(text: str, start: int, depth: int) -> tuple[Any, int]:
+    is_object = text[start] == "{"
+    closing = "}" if is_object else "]"
+    members: dict[str, Any] = {}
+    items: list[Any] = []
+    position = _skip_whitespace(text, start + 1)
+    if text[position] == closing:
+        return (members if is_object else items), position + 1
+    while True:
+        key = None
+        if is_object:
+            key, position = _DECODER.raw_decode(text, position)
+            position = _skip_whitespace(text, position)
+            if not isinstance(key, str) or text[position] != ":":
+                raise ValueError("not a member")
+            position = _skip_whitespace(text, position + 1)
+        if depth < _STEP_DEPTH and text[position] in "{[":
+            value, position = _decode_container(text, position, depth + 1)
+        else:
+            value, position = _DECODER.raw_decode(text, position)
+        if key is not None:
+            members[key] = value
+        else:
+            items.append(value)
+        position = _skip_whitespace(text, position)
+        if text[position] == closing:
+            return (members if is_object else items), position + 1
+        if text[position] != ",":
+            raise ValueError("expected ','")
+        position = _skip_whitespace(text, position + 1)
+
+
+def document_version(document: Mapping[str, Any]) -> str:
+    """A short content hash of a config document, for ``If-Match``: the first 16 hex digits of
+    the SHA-256 of its canonical JSON (sorted keys, no spaces). Hashed a member (and a list
+    element) at a time, with exactly the bytes one ``json.dumps`` call would produce."""
+    digest = hashlib.sha256(b"{")
+    for index, key in enumerate(sorted(document)):
+        digest.update(b"," if index else b"")
+        digest.update(_canonical(key) + b":")
+        value = document[key]
+        if isinstance(value, list):
+            digest.update(b"[")
+            for position, item in enumerate(value):
+                digest.update((b"," if position else b"") + _canonical(item))
+            digest.update(b"]")
+        else:
+            digest.update(_canonical(value))
+    digest.update(b"}")
+    return digest.hexdigest()[:16]
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _skip_whitespace(text: str, position: int) -> int:
+    match = _WHITESPACE.match(text, position)
+    return match.end() if match else position
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """The config file when none is named: ``$KAIROS_CONFIG_PATH``, else ``./config.json``.
+
+    ``kairos-gateway``, ``kairos validate`` and ``kairos route-test`` all start from here.
+    """
+    environ = os.environ if environ is None else environ
+    return Path(environ.get(CONFIG_PATH_ENV) or "config.json")
 
 
 def load_config(
@@ -146,7 +282,7 @@ def parse_config(
             issue = ConfigIssue("", f"config is not UTF-8 text (byte {exc.start})")
             raise ConfigError([issue], source=source) from exc
     try:
-        document = json.loads(text)
+        document = decode_json(text)
     except json.JSONDecodeError as exc:
         issue = ConfigIssue("", f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno)
         raise ConfigError([issue], source=source) from exc
@@ -184,7 +320,7 @@ def _validate(
     lines: _LineMap | None,
 ) -> LoadedConfig:
     environ = os.environ if environ is None else environ
-    line_map = lines or _LineMap(json.dumps(document, indent=2, ensure_ascii=False))
+    line_map = lines or _LineMap(lambda: json.dumps(document, indent=2, ensure_ascii=False))
     issues: list[ConfigIssue] = []
     if not isinstance(document, dict):
         issues.append(ConfigIssue("", "the config must be a JSON object"))
@@ -195,23 +331,15 @@ def _validate(
     _default_admin_token(expanded, environ)
     issues.extend(_unknown_keys(GatewayConfig, expanded, ()))
 
-    config: GatewayConfig | None = None
-    try:
-        config = GatewayConfig.model_validate(expanded)
-    except ValidationError as exc:
-        issues.extend(_issues_from_validation(exc, expanded, ()))
-        issues.extend(_check_routers_alone(expanded))
+    config, partial = _build_model(expanded, issues)
     if config is not None:
-        issues.extend(check_config(config))
+        issues.extend(check_config(config, partial))
 
     located = [_locate(issue, line_map, strict) for issue in _dedupe(issues)]
     located.sort(key=lambda i: (i.severity is not Severity.ERROR, i.line or 0, i.path))
-    if config is None or any(i.severity is Severity.ERROR for i in located):
+    if config is None or partial is not None or any(i.severity is Severity.ERROR for i in located):
         raise ConfigError(located, source=source)
-    version = hashlib.sha256(
-        json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()[:16]
-    return LoadedConfig(config, tuple(located), source, document, version)
+    return LoadedConfig(config, tuple(located), source, document, document_version(document))
 
 
 def _default_admin_token(data: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -298,12 +426,17 @@ def _expand_env(value: Any, loc: Loc, environ: Mapping[str, str], issues: list[C
 # --- unknown keys -------------------------------------------------------------------------------
 
 
-def _field_names(model: type[BaseModel]) -> dict[str, Any]:
-    names: dict[str, Any] = {}
+@functools.cache
+def _schema_keys(model: type[BaseModel]) -> dict[str, tuple[str, type[BaseModel]] | None]:
+    """Each key ``model`` accepts (alias and name) → the one model its value holds, with its
+    container kind (``one`` or ``list``), or None when the value is not exactly one model."""
+    keys: dict[str, tuple[str, type[BaseModel]] | None] = {}
     for name, info in model.model_fields.items():
-        names[info.alias or name] = info.annotation
-        names.setdefault(name, info.annotation)
-    return names
+        nested = list(_models_in(info.annotation))
+        value = nested[0] if len(nested) == 1 else None
+        keys[info.alias or name] = value
+        keys.setdefault(name, value)
+    return keys
 
 
 def _models_in(annotation: Any) -> Iterator[tuple[str, type[BaseModel]]]:
@@ -325,17 +458,15 @@ def _models_in(annotation: Any) -> Iterator[tuple[str, type[BaseModel]]]:
 def _unknown_keys(model: type[BaseModel], data: Any, loc: Loc) -> Iterator[ConfigIssue]:
     if not isinstance(data, dict) or getattr(model, "open_keys", False):
         return
-    known = _field_names(model)
+    known = _schema_keys(model)
     for key, value in data.items():
         if key not in known:
-            hint = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
-            message = f"unknown key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-            yield ConfigIssue(format_path((*loc, key)), message, Severity.WARNING)
+            yield ConfigIssue(format_path((*loc, key)), unknown_key_message(str(key), known))
             continue
-        nested = list(_models_in(known[key]))
-        if len(nested) != 1:
+        nested = known[key]
+        if nested is None:
             continue
-        kind, sub_model = nested[0]
+        kind, sub_model = nested
         if kind == "list" and isinstance(value, list):
             for index, item in enumerate(value):
                 yield from _unknown_keys(sub_model, item, (*loc, key, index))
@@ -427,14 +558,38 @@ def _jsonable(value: Any) -> bool:
     return True
 
 
-def _check_routers_alone(data: dict[str, Any]) -> Iterator[ConfigIssue]:
-    """When the whole config does not validate, still run the rules on each router that does."""
+def _build_model(
+    data: dict[str, Any], issues: list[ConfigIssue]
+) -> tuple[GatewayConfig | None, Partial | None]:
+    """The config model of ``data``, adding every structural error to ``issues``.
+
+    Routers are validated one by one (a broken router does not hide the others, and no single
+    validation call holds the interpreter for long on a large config). When something does not
+    validate, the model of the parts that did is returned with a :class:`Partial` describing
+    them, so that the semantic rules still run on everything they can check.
+    """
     routers = data.get("routers")
-    if not isinstance(routers, list):
-        return
-    for index, item in enumerate(routers):
+    valid: list[tuple[int, Router]] = []
+    if isinstance(routers, list):
+        for index, item in enumerate(routers):
+            try:
+                valid.append((index, Router.model_validate(item)))
+            except ValidationError as exc:
+                issues.extend(_issues_from_validation(exc, item, ("routers", index)))
+        data = {**data, "routers": [router for _, router in valid]}
+    dropped = isinstance(routers, list) and len(valid) < len(routers)
+    broken: set[str] = set()
+    try:
+        config = GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        issues.extend(_issues_from_validation(exc, data, ()))
+        broken = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
+        rest = {key: value for key, value in data.items() if key not in broken}
         try:
-            router = Router.model_validate(item)
+            config = GatewayConfig.model_validate({"routers": [], **rest})
         except ValidationError:
-            continue  # its structural errors are already reported
-        yield from check_router_alone(router, index)
+            return None, None
+    if not dropped and not broken:
+        return config, None
+    indexes = tuple(index for index, _ in valid) if "routers" not in broken else ()
+    return config, Partial(indexes, dropped, frozenset(broken))

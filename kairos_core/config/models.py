@@ -14,6 +14,8 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from kairos_core.config.errors import unknown_key_message
+
 Protocol = Literal["http", "websocket"]
 BalancingStrategy = Literal["round_robin", "weighted", "least_connections", "random", "ip_hash"]
 WindowType = Literal["FixedWindow", "SlidingWindow", "TokenBucket"]
@@ -56,13 +58,49 @@ def _parse_limit_strategy(value: Any) -> Any:
         if tag == "Composite":
             if not isinstance(inner, list) or not inner:
                 raise ValueError("Composite takes a non-empty list of strategies")
-            parts = [
-                _parse_limit_strategy(part.get("strategy") if isinstance(part, dict) else part)
-                for part in inner
-            ]
-            return CompositeStrategy(parts=tuple(parts))
+            return CompositeStrategy(parts=tuple(_parse_part(p, i) for i, p in enumerate(inner)))
         raise ValueError(_unknown_strategy(str(tag)))
     raise ValueError(_unknown_strategy(str(value)))
+
+
+LIMIT_PART_NUMBERS: dict[str, int] = {
+    "requests_per_window": 1,
+    "window_duration": 1,
+    "burst_allowance": 0,
+}  # each number a Composite part may set, with its minimum
+
+
+def _parse_part(value: Any, index: int) -> str | CompositeStrategy | LimitPart:
+    """One ``Composite`` part: a strategy (any spelling above) or an object with ``strategy``
+    and, optionally, its own numbers (``requests_per_window``, ``window_duration``,
+    ``burst_allowance``, ``window_type``)."""
+    if not isinstance(value, dict) or "strategy" not in value:
+        return _parse_limit_strategy(value)  # type: ignore[no-any-return]
+    where = f"Composite part {index}"
+    known = ("strategy", *LIMIT_PART_NUMBERS, "window_type")
+    for key in value:
+        if key not in known:
+            raise ValueError(f"{where}: {unknown_key_message(str(key), known)}")
+    numbers: dict[str, Any] = {}
+    for name, minimum in LIMIT_PART_NUMBERS.items():
+        number = value.get(name)
+        if number is None:
+            continue
+        if not isinstance(number, int) or isinstance(number, bool) or number < minimum:
+            raise ValueError(
+                f"{where}: {name} must be an integer of at least {minimum}, got {number!r}"
+            )
+        numbers[name] = number
+    window_type = value.get("window_type")
+    if window_type is not None:
+        allowed = get_args(WindowType)
+        if window_type not in allowed:
+            choices = ", ".join(allowed)
+            raise ValueError(
+                f"{where}: window type {window_type!r} is not supported; allowed: {choices}"
+            )
+        numbers["window_type"] = window_type
+    return LimitPart(strategy=_parse_limit_strategy(value["strategy"]), **numbers)
 
 
 def _unknown_strategy(value: str) -> str:
@@ -73,25 +111,60 @@ def _unknown_strategy(value: str) -> str:
     return message
 
 
+class LimitPart(_Model):
+    """A ``Composite`` part with its own numbers; the ones it leaves out (None) are inherited
+    from the enclosing block."""
+
+    open_keys: ClassVar[bool] = True  # checked by the strategy parser, which builds it
+
+    strategy: str | CompositeStrategy
+    requests_per_window: int | None = None
+    window_duration: int | None = None
+    burst_allowance: int | None = None
+    window_type: WindowType | None = None
+
+    def numbers(self) -> dict[str, Any]:
+        """The numbers this part sets."""
+        return self.model_dump(exclude={"strategy"}, exclude_none=True)
+
+
 class CompositeStrategy(_Model):
     """Several key strategies at once; a request must pass every one."""
 
     open_keys: ClassVar[bool] = True  # parsed from serde's tagged form, not from its own keys
 
-    parts: tuple[str | CompositeStrategy, ...]
+    parts: tuple[str | CompositeStrategy | LimitPart, ...]
 
     def flatten(self) -> tuple[str, ...]:
-        out: list[str] = []
+        return tuple(name for name, _ in self.resolve({}))
+
+    def resolve(self, numbers: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """Each simple strategy with the numbers it enforces: ``numbers`` (the enclosing
+        block's), overridden by those of every part on the way to it."""
+        out: list[tuple[str, dict[str, Any]]] = []
         for part in self.parts:
-            out.extend(part.flatten() if isinstance(part, CompositeStrategy) else (part,))
-        return tuple(out)
+            strategy: str | CompositeStrategy
+            if isinstance(part, LimitPart):
+                own, strategy = {**numbers, **part.numbers()}, part.strategy
+            else:
+                own, strategy = numbers, part
+            if isinstance(strategy, CompositeStrategy):
+                out.extend(strategy.resolve(own))
+            else:
+                out.append((strategy, own))
+        return out
 
 
 LimitStrategy = Annotated[str | CompositeStrategy, BeforeValidator(_parse_limit_strategy)]
 
 
 class RateLimitConfig(_Model):
-    """``rate_limit`` (global) and ``routers[].rate_limit`` (per route override)."""
+    """``rate_limit`` (global) and ``routers[].rate_limit`` (per route override).
+
+    ``Composite`` parts may carry their own ``requests_per_window``, ``window_duration``,
+    ``burst_allowance`` and ``window_type`` (:meth:`parts`); what a part leaves out it inherits
+    from this block.
+    """
 
     strategy: LimitStrategy = "PerIP"
     requests_per_window: int = Field(ge=1)
@@ -107,6 +180,27 @@ class RateLimitConfig(_Model):
         if isinstance(self.strategy, CompositeStrategy):
             return self.strategy.flatten()
         return (self.strategy,)
+
+    @cached_property
+    def parts(self) -> tuple[RateLimitConfig, ...]:
+        """Each key strategy as a policy of its own, with the numbers it enforces: a simple
+        policy is its own only part; a Composite part inherits what it does not set."""
+        if not isinstance(self.strategy, CompositeStrategy):
+            return (self,)
+        return tuple(
+            self.model_copy(update={"strategy": name, **numbers})
+            for name, numbers in self.strategy.resolve({})
+        )
+
+    @property
+    def numbers(self) -> tuple[int, int, int, str]:
+        """What a counter of this policy enforces: requests, window, burst, window type."""
+        return (
+            self.requests_per_window,
+            self.window_duration,
+            self.burst_allowance,
+            self.window_type,
+        )
 
 
 class AiProviderConfig(_Model):

@@ -15,7 +15,8 @@ import difflib
 import ipaddress
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 from kairos_core.ai.providers import PROVIDER_NAMES, resolve
 from kairos_core.config.errors import ConfigIssue, Severity
@@ -83,20 +84,73 @@ def route_ids(routers: Sequence[Router]) -> list[str]:
     return ids
 
 
-def check_config(config: GatewayConfig) -> Iterator[ConfigIssue]:
-    """Every rule, over a config whose shape is valid."""
-    if not config.routers:
+@dataclass(frozen=True, slots=True)
+class BreakerOwner:
+    """The route whose breaker policy a backend follows, and that policy."""
+
+    index: int
+    policy: CircuitBreakerConfig
+
+
+def breaker_owners(
+    routers: Iterable[tuple[int, Router]], default: CircuitBreakerConfig
+) -> dict[str, BreakerOwner]:
+    """Each backend's breaker policy. There is one breaker per backend (``scheme://host:port``),
+    shared by every route that names it; the first route in config order that names the backend
+    (primary backends, then fallbacks) decides the policy: its own ``circuit_breaker``, else
+    ``default`` (the global block). ``routers`` pairs each router with its index."""
+    owners: dict[str, BreakerOwner] = {}
+    for index, router in routers:
+        for backend in (*router.effective_backends, *router.fallback):
+            if backend.key not in owners:
+                owners[backend.key] = BreakerOwner(index, router.circuit_breaker or default)
+    return owners
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """Which parts of a config validated, when not all of it did.
+
+    ``router_indexes`` gives the document position of each router of the partial config (the
+    routers that did not validate are left out, ``routers_dropped`` says some were), and
+    ``broken_blocks`` names the top-level blocks that are present but did not validate.
+    """
+
+    router_indexes: tuple[int, ...] = ()
+    routers_dropped: bool = False
+    broken_blocks: frozenset[str] = frozenset()
+
+
+def check_config(config: GatewayConfig, partial: Partial | None = None) -> Iterator[ConfigIssue]:
+    """Every rule, over a config whose shape is valid, or over the parts of one that are.
+
+    With ``partial``, the cross-field rules still run on what validated (an auth route without a
+    ``jwt`` block, duplicate paths, shared breakers...), so every problem is reported at once; a
+    rule that needs a broken block is skipped rather than run on its defaults (a mistyped
+    ``jwt`` block is not a missing one).
+    """
+    broken = partial.broken_blocks if partial is not None else frozenset()
+    indexes = partial.router_indexes if partial is not None else range(len(config.routers))
+    routers = list(zip(indexes, config.routers, strict=True))
+    dropped = partial is not None and (partial.routers_dropped or "routers" in broken)
+    if not config.routers and not dropped:
         yield ConfigIssue("routers", "no routers configured: the gateway would not route anything")
-    yield from _check_jwt(config)
-    yield from _check_server(config)
+    yield from _check_jwt(config, routers, broken)
+    yield from _check_server(config, broken)
     if config.rate_limit is not None:
-        yield from _check_rate_limit(config.rate_limit, "rate_limit", config)
+        yield from _check_rate_limit(config.rate_limit, "rate_limit", config, broken)
     yield from _check_breaker(config.circuit_breaker, "circuit_breaker")
-    for index, router in enumerate(config.routers):
+    for index, router in routers:
         yield from check_router_alone(router, index)
-        yield from _check_router_in_context(router, index, config)
-    yield from _check_route_set(config.routers)
-    yield from _check_transport_security(config.routers)
+        if router.rate_limit is not None:
+            where = f"routers[{index}].rate_limit"
+            yield from _check_rate_limit(router.rate_limit, where, config, broken)
+        if router.ai_policy is not None and router.ai_policy.enabled and "ai" not in broken:
+            yield from _check_ai_provider(router.ai_policy, f"routers[{index}]", config)
+    yield from _check_route_set(routers)
+    yield from _check_transport_security(routers)
+    if "circuit_breaker" not in broken:
+        yield from _check_shared_breakers(routers, config.circuit_breaker)
 
 
 def _check_ai_provider(policy: AiPolicy, at: str, config: GatewayConfig) -> Iterator[ConfigIssue]:
@@ -240,18 +294,11 @@ def _check_backend(
     backend: Backend, at: str, protocol: str, legacy: bool = False
 ) -> Iterator[ConfigIssue]:
     allowed = BACKEND_SCHEMES if protocol == "websocket" else ("http", "https")
-    if backend.scheme not in allowed or not backend.host.split("://", 1)[-1].strip("/"):
-        yield ConfigIssue(
-            f"{at}.host",
-            f"backend host must start with {', '.join(s + '://' for s in allowed)} followed by "
-            f"a host name, got {backend.host!r}",
-            allowed=tuple(s + "://" for s in allowed),
-        )
-    elif "/" in backend.host.split("://", 1)[1].rstrip("/"):
-        yield ConfigIssue(
-            f"{at}.host",
-            f"backend host must not contain a path (put it in internal_path), got {backend.host!r}",
-        )
+    problem = backend_host_problem(backend.host, allowed)
+    if problem is not None:
+        schemes = tuple(s + "://" for s in allowed)
+        shown = _without_password(backend.host)
+        yield ConfigIssue(f"{at}.host", f"backend host {problem}, got {shown!r}", allowed=schemes)
     if not 1 <= backend.port <= 65535:
         yield ConfigIssue(f"{at}.port", f"must be between 1 and 65535, got {backend.port}")
     if not legacy and backend.weight < 1:
@@ -259,6 +306,63 @@ def _check_backend(
     path = backend.health_check_path
     if path is not None and not path.startswith("/"):
         yield ConfigIssue(f"{at}.health_check_path", f"must start with '/', got {path!r}")
+
+
+def backend_host_problem(host: str, schemes: Sequence[str]) -> str | None:
+    """What is wrong with a backend ``host``, or None. A host is a scheme (one of ``schemes``),
+    ``://`` and a host name or IP address (IPv6 in brackets), with nothing else: no port (it is
+    ``port``), no path (it is ``internal_path``), no ``user:password@`` (it would show up in
+    circuit names and metric labels), no query string, no spaces or control characters. One
+    trailing ``/`` is tolerated."""
+    scheme, separator, rest = host.partition("://")
+    rest = rest.removesuffix("/")
+    if not separator or scheme.lower() not in schemes or not rest:
+        return f"must start with {', '.join(s + '://' for s in schemes)} followed by a host name"
+    if any(c.isspace() or not c.isprintable() for c in rest):
+        return "must not contain spaces or control characters (CR, LF, tab...)"
+    if "@" in rest:
+        return (
+            "must not contain credentials ('user:password@'); send them with a "
+            "request_transformation header"
+        )
+    if "?" in rest or "#" in rest:
+        return "must not contain a query string or fragment"
+    if "/" in rest:
+        return "must not contain a path (put it in internal_path)"
+    if rest.startswith("["):
+        address, bracket, after = rest[1:].partition("]")
+        if bracket and after.startswith(":"):
+            return "must not contain a port (put it in 'port')"
+        if not bracket or after or not _is_ip(address, 6):
+            return "must be a host name, an IPv4 address or an IPv6 address in brackets"
+        return None
+    if ":" in rest:
+        name, _, port = rest.rpartition(":")
+        if port.isdigit() and ":" not in name:
+            return "must not contain a port (put it in 'port')"
+        if _is_ip(rest, 6):
+            return "must put an IPv6 address in brackets (http://[::1])"
+        return "must be a host name, an IPv4 address or an IPv6 address in brackets"
+    looks_numeric = all(label.isdigit() for label in rest.split("."))
+    if (looks_numeric and not _is_ip(rest, 4)) or not _HOST_NAME.fullmatch(rest):
+        return "must be a host name, an IPv4 address or an IPv6 address in brackets"
+    return None
+
+
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"  # underscores: Docker service names
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def _is_ip(text: str, version: int) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == version
+    except ValueError:
+        return False
+
+
+def _without_password(host: str) -> str:
+    """``host`` with the password of a ``user:password@`` part masked, fit for a message."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", host)
 
 
 def _check_retry(retry: RetryConfig, at: str) -> Iterator[ConfigIssue]:
@@ -343,13 +447,14 @@ def _check_regex(pattern: str, at: str) -> Iterator[ConfigIssue]:
 
 
 def _check_rate_limit(
-    limit: RateLimitConfig, at: str, config: GatewayConfig
+    limit: RateLimitConfig, at: str, config: GatewayConfig, broken: frozenset[str]
 ) -> Iterator[ConfigIssue]:
-    if limit.enable_redis and not config.cluster.redis_url:
+    if limit.enable_redis and not config.cluster.redis_url and "cluster" not in broken:
         yield ConfigIssue(
             f"{at}.enable_redis", "shared counters need 'cluster.redis_url' to be set"
         )
-    if any("User" in s for s in limit.strategies) and config.jwt is None:
+    user_keyed = any("User" in s for s in limit.strategies)
+    if user_keyed and config.jwt is None and "jwt" not in broken:
         yield ConfigIssue(
             f"{at}.strategy",
             "per-user limits key on the JWT 'sub', but no 'jwt' block is configured; "
@@ -358,9 +463,11 @@ def _check_rate_limit(
         )
 
 
-def _check_jwt(config: GatewayConfig) -> Iterator[ConfigIssue]:
-    for index, router in enumerate(config.routers):
-        if router.auth_required and config.jwt is None:
+def _check_jwt(
+    config: GatewayConfig, routers: Sequence[tuple[int, Router]], broken: frozenset[str]
+) -> Iterator[ConfigIssue]:
+    for index, router in routers:
+        if router.auth_required and config.jwt is None and "jwt" not in broken:
             yield ConfigIssue(
                 f"routers[{index}].auth_required",
                 "route requires authentication but no 'jwt' block is configured",
@@ -386,11 +493,13 @@ def _check_jwt(config: GatewayConfig) -> Iterator[ConfigIssue]:
         )
 
 
-def _check_server(config: GatewayConfig) -> Iterator[ConfigIssue]:
-    for at, port in (("server.port", config.server.port), ("admin.port", config.admin.port)):
-        if not 1 <= port <= 65535:
+def _check_server(config: GatewayConfig, broken: frozenset[str]) -> Iterator[ConfigIssue]:
+    server, admin = "server" not in broken, "admin" not in broken
+    ports = (("server.port", config.server.port, server), ("admin.port", config.admin.port, admin))
+    for at, port, valid in ports:
+        if valid and not 1 <= port <= 65535:
             yield ConfigIssue(at, f"must be between 1 and 65535, got {port}")
-    for i, proxy in enumerate(config.server.trusted_proxies):
+    for i, proxy in enumerate(config.server.trusted_proxies if server else ()):
         try:
             ipaddress.ip_network(proxy, strict=False)
         except ValueError:
@@ -398,22 +507,59 @@ def _check_server(config: GatewayConfig) -> Iterator[ConfigIssue]:
                 f"server.trusted_proxies[{i}]",
                 f"must be an IP address or CIDR range like '10.0.0.0/8', got {proxy!r}",
             )
-    if config.server.workers > 1 and not config.cluster.redis_url:
-        yield ConfigIssue(
-            "server.workers",
-            f"workers = {config.server.workers} needs 'cluster.redis_url': in-memory rate limits "
-            "and breakers would be per worker",
-        )
-    if not is_loopback(config.admin.host) and not config.admin.token:
+    if server and "cluster" not in broken and (workers := check_workers(config)) is not None:
+        yield workers
+    if admin and not is_loopback(config.admin.host) and not config.admin.token:
         yield ConfigIssue(
             "admin.host",
             f"admin listener on non-loopback host {config.admin.host!r} needs 'admin.token' "
             "(or KAIROS_ADMIN_TOKEN)",
         )
-    if config.admin.token is not None and len(config.admin.token) < 16:
+    if admin and config.admin.token is not None and len(config.admin.token) < 16:
         yield ConfigIssue("admin.token", "admin token is short; use at least 16 random chars", W)
-    if (config.server.host, config.server.port) == (config.admin.host, config.admin.port):
+    same = (config.server.host, config.server.port) == (config.admin.host, config.admin.port)
+    if server and admin and same:
         yield ConfigIssue("admin.port", "the admin and proxy listeners cannot share an address")
+
+
+def check_workers(config: GatewayConfig) -> ConfigIssue | None:
+    """``server.workers`` above 1 needs ``cluster.redis_url`` (in-memory limits and breakers would
+    be per worker), and multi-worker cluster mode is not available yet, so it is refused even
+    with Redis. ``kairos validate``, the gateway's start and reloads, and the admin API all get
+    this answer from here."""
+    workers = config.server.workers
+    if workers <= 1:
+        return None
+    if not config.cluster.redis_url:
+        return ConfigIssue(
+            "server.workers",
+            f"workers = {workers} needs 'cluster.redis_url': in-memory rate limits and breakers "
+            "would be per worker",
+        )
+    return ConfigIssue(
+        "server.workers",
+        f"workers = {workers}: multi-worker cluster mode is not available in this release; "
+        "run one worker per instance",
+    )
+
+
+def listener_settings(config: GatewayConfig) -> dict[str, str | int]:
+    """The settings read only when the gateway starts: where its listeners bind and how many
+    workers serve. A reload applies everything else; these wait for a restart."""
+    return {
+        "server.host": config.server.host,
+        "server.port": config.server.port,
+        "server.workers": config.server.workers,
+        "admin.host": config.admin.host,
+        "admin.port": config.admin.port,
+    }
+
+
+def restart_required(started: GatewayConfig, new: GatewayConfig) -> list[str]:
+    """The listener settings (:func:`listener_settings`) in which ``new`` differs from the config
+    the gateway started with: applying ``new`` leaves them as they were until a restart."""
+    before = listener_settings(started)
+    return [key for key, value in listener_settings(new).items() if before[key] != value]
 
 
 def is_loopback(host: str) -> bool:
@@ -425,18 +571,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _check_router_in_context(
-    router: Router, index: int, config: GatewayConfig
-) -> Iterator[ConfigIssue]:
-    if router.rate_limit is not None:
-        yield from _check_rate_limit(router.rate_limit, f"routers[{index}].rate_limit", config)
-    if router.ai_policy is not None and router.ai_policy.enabled:
-        yield from _check_ai_provider(router.ai_policy, f"routers[{index}]", config)
-
-
-def _check_route_set(routers: Sequence[Router]) -> Iterator[ConfigIssue]:
+def _check_route_set(routers: Sequence[tuple[int, Router]]) -> Iterator[ConfigIssue]:
     seen_names: dict[str, int] = {}
-    for index, router in enumerate(routers):
+    for index, router in routers:
         if router.name is None:
             continue
         if router.name in seen_names:
@@ -446,8 +583,9 @@ def _check_route_set(routers: Sequence[Router]) -> Iterator[ConfigIssue]:
             )
         seen_names.setdefault(router.name, index)
 
+    by_index = dict(routers)
     specs: list[RouteSpec[int]] = []
-    for index, router in enumerate(routers):
+    for index, router in routers:
         try:
             specs.append(
                 RouteSpec(
@@ -464,16 +602,16 @@ def _check_route_set(routers: Sequence[Router]) -> Iterator[ConfigIssue]:
             continue  # reported by check_router_alone
     for first, second in find_conflicts(specs):
         a, b = first.payload, second.payload
-        if routers[a].external_path == routers[b].external_path:
+        path_a, path_b = by_index[a].external_path, by_index[b].external_path
+        if path_a == path_b:
             yield ConfigIssue(
                 f"routers[{b}].external_path",
-                f"duplicate route path {routers[b].external_path!r} "
-                f"(same methods and hosts as routers[{a}])",
+                f"duplicate route path {path_b!r} (same methods and hosts as routers[{a}])",
             )
         else:
             yield ConfigIssue(
                 f"routers[{b}].external_path",
-                f"{routers[b].external_path!r} conflicts with {routers[a].external_path!r} "
+                f"{path_b!r} conflicts with {path_a!r} "
                 f"(routers[{a}]): same shape, so routers[{a}] always wins",
                 W,
             )
@@ -490,10 +628,10 @@ def _check_route_set(routers: Sequence[Router]) -> Iterator[ConfigIssue]:
         )
 
 
-def _check_transport_security(routers: Sequence[Router]) -> Iterator[ConfigIssue]:
+def _check_transport_security(routers: Sequence[tuple[int, Router]]) -> Iterator[ConfigIssue]:
     plain: dict[str, str] = {}
     secure = 0
-    for index, router in enumerate(routers):
+    for index, router in routers:
         for b, backend in enumerate(router.effective_backends):
             where = f"routers[{index}]" + ("" if router.backends is None else f".backends[{b}]")
             if backend.scheme == "http":
@@ -511,3 +649,34 @@ def _check_transport_security(routers: Sequence[Router]) -> Iterator[ConfigIssue
         yield ConfigIssue(
             "routers", "every backend uses plain HTTP; consider HTTPS in production", R
         )
+
+
+def _check_shared_breakers(
+    routers: Sequence[tuple[int, Router]], default: CircuitBreakerConfig
+) -> Iterator[ConfigIssue]:
+    """A route's ``circuit_breaker`` does nothing for a backend an earlier route names first
+    (:func:`breaker_owners`): say so, naming both routes and the backend."""
+    owners = breaker_owners(routers, default)
+    by_index = dict(routers)
+    for index, router in routers:
+        policy = router.circuit_breaker
+        if policy is None:
+            continue
+        keys = dict.fromkeys(b.key for b in (*router.effective_backends, *router.fallback))
+        for key in keys:
+            owner = owners[key]
+            if owner.index == index or owner.policy == policy:
+                continue
+            yield ConfigIssue(
+                f"routers[{index}].circuit_breaker",
+                f"is ignored for backend {key}: routers[{owner.index}] "
+                f"({_label(by_index[owner.index])}) names that backend first, and the breaker is "
+                f"per backend, so its policy decides for every route; routers[{index}] "
+                f"({_label(router)}) gets that breaker too. Give both routes the same "
+                "circuit_breaker, or set it on the first",
+                W,
+            )
+
+
+def _label(router: Router) -> str:
+    return repr(router.name) if router.name else repr(router.external_path)

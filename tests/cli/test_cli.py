@@ -62,7 +62,14 @@ CONFIG: dict[str, Any] = {
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("KAIROS_ADMIN_TOKEN", "KAIROS_ADMIN_URL", "FORCE_COLOR", "NO_COLOR"):
+    names = (
+        "KAIROS_ADMIN_TOKEN",
+        "KAIROS_ADMIN_URL",
+        "KAIROS_CONFIG_PATH",
+        "FORCE_COLOR",
+        "NO_COLOR",
+    )
+    for name in names:
         monkeypatch.delenv(name, raising=False)
 
 
@@ -208,18 +215,30 @@ def test_validate_json_of_a_missing_file_exits_2(tmp_path: Path) -> None:
     assert "file not found" in document["errors"][0]["message"]
 
 
-def test_strict_turns_an_unknown_key_warning_into_an_error(tmp_path: Path) -> None:
+def test_an_unknown_key_is_an_error_with_its_suggestion(tmp_path: Path) -> None:
     document = json.loads(json.dumps(CONFIG))
     document["routers"][0]["retyr"] = {}
     path = write_config(tmp_path / "typo.json", document)
+    result = kairos("validate", path)
+    assert result.exit_code == 1
+    assert "errors (1):" in result.stdout
+    assert (
+        f"routers[0].retyr (line {line_of(path, 'retyr')}): unknown key 'retyr'; "
+        "did you mean 'retry'?"
+    ) in result.stdout
+
+
+def test_strict_turns_a_warning_into_an_error(tmp_path: Path) -> None:
+    document = json.loads(json.dumps(CONFIG))
+    document["routers"][0].update(timeout_ms=5000, deadline_ms=1000)
+    path = write_config(tmp_path / "warning.json", document)
     relaxed = kairos("validate", path)
     assert relaxed.exit_code == 0
     assert "warnings (1):" in relaxed.stdout
-    assert "unknown key 'retyr'; did you mean 'retry'?" in relaxed.stdout
     strict = kairos("validate", path, "--strict")
     assert strict.exit_code == 1
     assert "errors (1):" in strict.stdout
-    assert f"routers[0].retyr (line {line_of(path, 'retyr')})" in strict.stdout
+    assert f"routers[0].timeout_ms (line {line_of(path, 'timeout_ms')})" in strict.stdout
 
 
 def test_validate_invalid_json_shows_the_line(tmp_path: Path) -> None:
@@ -228,6 +247,42 @@ def test_validate_invalid_json_shows_the_line(tmp_path: Path) -> None:
     result = kairos("validate", path)
     assert result.exit_code == 1
     assert "(line 3): invalid JSON" in result.stdout
+
+
+def test_validate_and_route_test_read_kairos_config_path(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("KAIROS_CONFIG_PATH", str(config))
+
+    validated = kairos("validate")
+    planned = kairos("route-test", "GET", "/api/users/7")
+
+    assert validated.exit_code == 0, validated.output
+    assert f"✓ {config} is valid" in validated.stdout
+    assert planned.exit_code == 0, planned.output
+    assert f"{B1}/users/7" in planned.stdout
+
+
+def test_a_named_config_wins_over_kairos_config_path(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAIROS_CONFIG_PATH", str(tmp_path / "absent.json"))
+    assert kairos("validate", config).exit_code == 0
+    assert kairos("route-test", "GET", "/api/users/7", "-c", config).exit_code == 0
+    missing = kairos("validate")
+    assert missing.exit_code == 2
+    assert f"{tmp_path / 'absent.json'}: cannot read config file: file not found" in missing.stderr
+
+
+def test_without_kairos_config_path_the_config_is_config_json_here(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(config.parent)
+    assert kairos("validate").exit_code == 0
+    assert kairos("route-test", "GET", "/api/users/7").exit_code == 0
 
 
 # --- route-test ----------------------------------------------------------------------------------

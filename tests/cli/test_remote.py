@@ -16,14 +16,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
+from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from kairos_cli.main import app
-from kairos_client import CircuitInfo, MetricsSnapshot, RouteInfo
+from kairos_client import CircuitInfo, Health, MetricsSnapshot, Ready, RouteInfo
 from tests.support.gateway import Gateway, route
 from tests.support.procs import LOOPBACK, REPO_ROOT, Upstream, free_port
 
@@ -111,11 +113,21 @@ def test_status_reports_health_readiness_and_traffic(gateway: Gateway) -> None:
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"✓ {gateway.admin_url}: ok (kairos ")
     assert lines[1] == f"✓ ready, config {gateway.config_version()}"
-    assert " requests, " in lines[2]
     assert lines[2].endswith("2 routes, 2 backends (0 not closed)")
 
 
-def test_status_of_a_gateway_that_is_not_ready_exits_1(
+def test_status_labels_every_figure_with_its_window(gateway: Gateway) -> None:
+    _send(gateway, 2)
+    summary = kairos("status", "--url", gateway.admin_url).stdout.splitlines()[2]
+    assert re.fullmatch(
+        r"[\d,]+ requests since start, \d+\.\d% errors \(last 60 s\), "
+        r"[\d.]+ req/s \(last 10 s\), p99 [\d.]+ ms and overhead p99 [\d.]+ ms \(last 60 s\), "
+        r"\d+ in flight, 2 routes, 2 backends \(0 not closed\)",
+        summary,
+    ), summary
+
+
+def test_status_lists_a_route_without_a_candidate_and_stays_ready(
     gateway: Gateway, upstreams: tuple[Upstream, Upstream]
 ) -> None:
     b = upstreams[1].url
@@ -124,10 +136,54 @@ def test_status_of_a_gateway_that_is_not_ready_exits_1(
         result = kairos("status", "--url", gateway.admin_url)
     finally:
         assert kairos("circuits", "reset", b, "--url", gateway.admin_url).exit_code == 0
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[1].startswith("✓ ready")
+    assert lines[2] == "! no candidate backend now for 'solo'"
+    assert "2 backends (1 not closed)" in lines[3]
+
+
+class _NotReadyAdmin(BaseHTTPRequestHandler):
+    """An admin API that answers as a draining gateway does (the wire models, 503 on /ready)."""
+
+    answers: ClassVar[dict[str, tuple[int, BaseModel]]] = {
+        "/health": (200, Health(status="ok", version="0.0.0", uptime_seconds=5)),
+        "/ready": (
+            503,
+            Ready(
+                status="not_ready",
+                reasons=["draining: shutting down, finishing the requests in flight"],
+                config_version="abc",
+            ),
+        ),
+        "/api/metrics": (200, MetricsSnapshot()),
+    }
+
+    def do_GET(self) -> None:
+        status, model = self.answers[self.path]
+        body = model.model_dump_json().encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_status_of_a_gateway_that_is_not_ready_exits_1() -> None:
+    server = ThreadingHTTPServer((LOOPBACK, 0), _NotReadyAdmin)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = kairos("status", "--url", f"http://{LOOPBACK}:{server.server_port}")
+    finally:
+        server.shutdown()
+        server.server_close()
     assert result.exit_code == 1
-    assert "✗ not ready" in result.stdout
-    assert "'solo'" in result.stdout
-    assert "2 backends (1 not closed)" in result.stdout
+    assert "✗ not ready, config abc" in result.stdout
+    assert "  draining: shutting down" in result.stdout
 
 
 def test_metrics_shows_totals_percentiles_routes_and_backends(
@@ -137,14 +193,16 @@ def test_metrics_shows_totals_percentiles_routes_and_backends(
     result = kairos("metrics", "--url", gateway.admin_url)
     assert result.exit_code == 0, result.output
     for label in (
-        "requests",
-        "errors",
+        "requests since start",
+        "errors since start",
+        "error rate (last 60 s)",
         "rate (1/10/60 s)",
-        "latency p50/p90/p99",
-        "overhead p50/p90/p99",
-        "status classes",
+        "latency p50/p90/p99 (last 60 s)",
+        "overhead p50/p90/p99 (last 60 s)",
+        "status classes since start",
         "in flight",
         "config version",
+        "routes (requests and errors since start)",
     ):
         assert label in result.stdout
     assert "2xx " in result.stdout
@@ -260,6 +318,21 @@ def test_an_unknown_backend_exits_1_with_the_api_error(gateway: Gateway) -> None
         assert result.exit_code == 1
         assert result.stdout == ""
         assert "404 not_found: no backend 'http://127.0.0.1:9'" in result.stderr
+
+
+def test_reload_says_when_a_restart_is_required(
+    gateway_factory: Callable[..., Gateway], upstreams: tuple[Upstream, Upstream]
+) -> None:
+    gateway = gateway_factory(_config(upstreams))
+    moved = json.loads(gateway.config_path.read_text())
+    moved["server"]["workers"] = 1
+    moved["server"]["host"] = "127.0.0.2"
+    gateway.write_config(moved)
+    result = kairos("reload", "--url", gateway.admin_url)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1] == (
+        "! restart required for server.host: the listeners keep the settings they started with"
+    )
 
 
 def test_reload_reloads_and_reports_a_rejected_file(

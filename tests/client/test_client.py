@@ -169,17 +169,19 @@ def test_health_reports_status_version_and_a_growing_uptime(shared_client: Any) 
     assert second.uptime_seconds >= first.uptime_seconds + 0.15
 
 
-def test_ready_returns_not_ready_with_reasons_instead_of_raising(
+def test_ready_lists_unroutable_routes_without_being_not_ready(
     client: Any, gateway: Gateway, upstreams: tuple[Upstream, ...]
 ) -> None:
     ready = client.ready()
-    assert (ready.status, ready.reasons) == ("ready", [])
+    assert (ready.status, ready.reasons, ready.unroutable) == ("ready", [], [])
     assert ready.config_version == gateway.config_version()
 
     client.open_circuit(upstreams[1].url)  # the only backend of route "solo"
-    not_ready = client.ready()
-    assert not_ready.status == "not_ready"
-    assert any("solo" in reason for reason in not_ready.reasons)
+    try:
+        still = client.ready()
+    finally:
+        client.reset_circuit(upstreams[1].url)
+    assert (still.status, still.reasons, still.unroutable) == ("ready", [], ["solo"])
 
 
 # --- metrics ------------------------------------------------------------------------------------

@@ -27,6 +27,9 @@ from kairos_core.config import (
     route_ids,
     validate_document,
 )
+from kairos_core.config.loader import decode_json
+from kairos_core.config.rules import restart_required
+from kairos_core.state import compile_state
 
 SECRET = "k3Jq9vXw2LmN8pRt5YzA7bCd4EfGh6Ui"  # 32 characters, no placeholder marker
 ADMIN_TOKEN = "t0k3n-Vq8zR2mW5xL9pN4s"
@@ -718,9 +721,143 @@ def test_same_path_on_other_hosts_is_no_conflict() -> None:
     assert load(document).issues == ()
 
 
-def test_workers_above_one_load_when_redis_is_configured() -> None:
+def test_workers_above_one_are_refused_even_with_redis_until_cluster_mode_exists() -> None:
     document = config(server={"workers": 2}, cluster={"redis_url": "redis://127.0.0.1:6379/0"})
-    assert load(document).config.server.workers == 2
+    issue = only_error(document)
+    assert issue.path == "server.workers"
+    assert issue.message == (
+        "workers = 2: multi-worker cluster mode is not available in this release; "
+        "run one worker per instance"
+    )
+    assert issue.line == line_of(text_of(document), '"workers"')
+
+
+def test_a_route_breaker_ignored_for_a_backend_an_earlier_route_names_is_a_warning() -> None:
+    document = config(
+        route("/a", name="first"),
+        route("/b", name="second", circuit_breaker={"failure_threshold": 2}),
+    )
+    warning = issue_at(load(document).issues, "routers[1].circuit_breaker", Severity.WARNING)
+    assert warning.message.startswith(
+        "is ignored for backend https://users.internal:443: routers[0] ('first') names that "
+        "backend first"
+    )
+    assert "routers[1] ('second') gets that breaker too" in warning.message
+    assert warning.line == line_of(text_of(document), '"circuit_breaker"')
+
+
+def test_the_shared_breaker_warning_says_what_the_gateway_does() -> None:
+    first, shadowed = CircuitBreakerConfig(), CircuitBreakerConfig(failure_threshold=2)
+    document = config(
+        route("/a"),
+        route(
+            "/b",
+            circuit_breaker=shadowed.model_dump(),
+            fallback=[backend("https://spare.internal")],
+        ),
+    )
+    breakers = compile_state(load(document)).shared.breakers
+    policies = {breaker.backend: breaker.policy for breaker in breakers}
+    assert policies == {
+        "https://users.internal:443": first,
+        "https://spare.internal:443": shadowed,
+    }
+
+
+def test_a_route_breaker_on_its_own_backend_or_equal_to_the_deciding_one_is_silent() -> None:
+    document = config(
+        route("/a", circuit_breaker={"failure_threshold": 2}),
+        route("/b", circuit_breaker={"failure_threshold": 2}),
+        route(
+            "/c",
+            backends=[backend("https://other.internal")],
+            circuit_breaker={"failure_threshold": 9},
+        ),
+    )
+    assert load(document).issues == ()
+
+
+@pytest.mark.parametrize(
+    ("host", "problem"),
+    [
+        ("https://users.internal:8443", "must not contain a port (put it in 'port')"),
+        ("https://[::1]:8443", "must not contain a port (put it in 'port')"),
+        ("https://users.internal/v1", "must not contain a path (put it in internal_path)"),
+        ("https://users.internal?debug=1", "must not contain a query string or fragment"),
+        ("https://users.internal#top", "must not contain a query string or fragment"),
+        ("https://users.internal\r\nX-Injected: 1", "must not contain spaces or control"),
+        ("https://users internal", "must not contain spaces or control"),
+        ("https://ops:hunter2@users.internal", "must not contain credentials ('user:password@')"),
+        ("https://::1", "must put an IPv6 address in brackets (http://[::1])"),
+        ("https://[not-an-address]", "must be a host name, an IPv4 address or an IPv6 address"),
+        ("https://300.1.2.3", "must be a host name, an IPv4 address or an IPv6 address"),
+        ("https://-users.internal", "must be a host name, an IPv4 address or an IPv6 address"),
+    ],
+    ids=[
+        "port",
+        "ipv6-port",
+        "path",
+        "query",
+        "fragment",
+        "crlf",
+        "space",
+        "credentials",
+        "bare-ipv6",
+        "bad-ipv6",
+        "bad-ipv4",
+        "bad-name",
+    ],
+)
+def test_a_backend_host_is_a_scheme_and_a_host_name_or_address_only(
+    host: str, problem: str
+) -> None:
+    document = config(route(backends=[backend(host)]))
+    issue = only_error(document)
+    assert issue.path == "routers[0].backends[0].host"
+    assert issue.message.startswith(f"backend host {problem}")
+    assert issue.line == line_of(text_of(document), '"host"')
+    assert "hunter2" not in issue.message
+
+
+def test_a_legacy_route_host_and_a_fallback_host_follow_the_same_rule() -> None:
+    legacy = {k: v for k, v in route().items() if k != "backends"}
+    document = config(
+        {**legacy, "host": "https://users.internal:443", "port": 443},
+        route("/b", fallback=[backend("https://spare.internal/x")]),
+    )
+    errors = {e.path: e.message for e in config_error(document).errors}
+    assert "must not contain a port" in errors["routers[0].host"]
+    assert "must not contain a path" in errors["routers[1].fallback[0].host"]
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "https://users.internal",
+        "https://users.internal/",
+        "https://USERS.internal.",
+        "http://app_http",
+        "https://10.0.0.7",
+        "https://[2001:db8::1]",
+    ],
+)
+def test_backend_hosts_that_are_a_scheme_and_a_name_or_address_load(host: str) -> None:
+    loaded = load(config(route(backends=[backend(host)])))
+    assert loaded.config.routers[0].effective_backends[0].host == host
+
+
+def test_restart_required_names_the_listener_settings_a_new_config_changes() -> None:
+    started = load(config()).config
+    moved = load(
+        config(
+            route(timeout_ms=100),
+            server={"host": "127.0.0.2", "port": 6000, "max_body_bytes": 1},
+            admin={"port": 6001},
+            circuit_breaker={"failure_threshold": 9},
+        )
+    ).config
+    assert restart_required(started, moved) == ["server.host", "server.port", "admin.port"]
+    assert restart_required(started, load(config(route(timeout_ms=100))).config) == []
 
 
 def test_public_admin_listener_loads_with_a_token() -> None:
@@ -842,10 +979,57 @@ def test_a_structurally_broken_router_does_not_hide_the_rules_of_the_others() ->
     assert error.summary().splitlines()[0] == "<config>: 3 error(s)"
 
 
+def test_cross_field_problems_are_reported_together_with_field_errors() -> None:
+    document = config(
+        route("/a", backends=[backend(port="abc")]),
+        route("/b", auth_required=True),
+        route("/b"),
+        server={"port": "x", "trusted_proxies": ["not-an-ip"]},
+        rate_limit={"strategy": "PerIP", "requests_per_window": 0, "window_duration": 1},
+    )
+    errors = {e.path: e for e in config_error(document).errors}
+    assert set(errors) == {
+        "routers[0].backends[0].port",
+        "server.port",
+        "rate_limit.requests_per_window",
+        "routers[1].auth_required",
+        "routers[2].external_path",
+    }
+    assert "no 'jwt' block is configured" in errors["routers[1].auth_required"].message
+    assert "duplicate route path '/b'" in errors["routers[2].external_path"].message
+    assert "routers[1]" in errors["routers[2].external_path"].message
+    text = text_of(document)
+    assert errors["routers[1].auth_required"].line == line_of(text, '"auth_required"')
+
+
+def test_a_broken_block_is_not_reported_as_a_missing_one() -> None:
+    document = config(
+        route(
+            auth_required=True,
+            rate_limit={
+                "strategy": "PerUser",
+                "requests_per_window": 1,
+                "window_duration": 1,
+                "enable_redis": True,
+            },
+        ),
+        jwt={"secret": 5},
+        cluster={"redis_url": 6379},
+    )
+    issues = config_error(document).issues
+    assert {i.path for i in issues} == {"jwt.secret", "cluster.redis_url"}
+
+
+def test_routers_that_all_fail_are_not_reported_as_no_routers() -> None:
+    issue = only_error(config(route(backends=[backend(port="abc")])))
+    assert issue.path == "routers[0].backends[0].port"
+
+
 def test_errors_are_listed_before_warnings_and_in_file_order() -> None:
     document = config(
         route("/a", backends=[backend(port=0)], extra_key=1),
         route("/b", methods=["get"]),
+        route("/c", timeout_ms=5000, deadline_ms=1000),
         jwt={"secret": "short"},
     )
     issues = config_error(document).issues
@@ -853,7 +1037,8 @@ def test_errors_are_listed_before_warnings_and_in_file_order() -> None:
     assert severities == sorted(severities, key=lambda s: s is not Severity.ERROR)
     error_lines = [i.line or 0 for i in issues if i.severity is Severity.ERROR]
     assert error_lines == sorted(error_lines)
-    assert issue_at(issues, "routers[0].extra_key", Severity.WARNING)
+    assert issue_at(issues, "routers[0].extra_key")
+    assert issue_at(issues, "routers[2].timeout_ms", Severity.WARNING)
 
 
 def test_config_error_summary_names_the_source_and_every_error() -> None:
@@ -934,20 +1119,36 @@ def test_underscore_keys_are_ignored_at_every_depth() -> None:
     assert loaded.config.routers[0].retry.max_retries == 2
 
 
-def test_unknown_key_is_a_warning_with_a_suggestion() -> None:
-    document = config(route(auth_requird=True))
-    loaded = load(document)
-    warning = issue_at(loaded.issues, "routers[0].auth_requird", Severity.WARNING)
-    assert warning.message == "unknown key 'auth_requird'; did you mean 'auth_required'?"
-    assert warning.line == line_of(text_of(document), '"auth_requird"')
-    assert loaded.config.routers[0].auth_required is False
+def test_unknown_key_is_an_error_with_a_suggestion() -> None:
+    document = config(route(auth_requried=True), jwt={"secret": SECRET})
+    issue = only_error(document)
+    assert issue.path == "routers[0].auth_requried"
+    assert issue.message == "unknown key 'auth_requried'; did you mean 'auth_required'?"
+    assert issue.line == line_of(text_of(document), '"auth_requried"')
 
 
-def test_unknown_key_is_an_error_under_strict() -> None:
-    document = config(route(auth_requird=True))
-    issue = only_error(document, strict=True)
-    assert issue.path == "routers[0].auth_requird"
-    assert "did you mean 'auth_required'?" in issue.message
+@pytest.mark.parametrize(
+    ("block", "key", "suggestion"),
+    [
+        ({"jwt": {"secret": SECRET, "isuer": "kairos"}}, "jwt.isuer", "issuer"),
+        ({"server": {"max_body_byte": 10}}, "server.max_body_byte", "max_body_bytes"),
+        ({"admin": {"tokn": ADMIN_TOKEN}}, "admin.tokn", "token"),
+        ({"circuit_breaker": {"reset_timeout": 5}}, "circuit_breaker.reset_timeout", None),
+    ],
+    ids=["jwt", "server", "admin", "breaker-unit-missing"],
+)
+def test_unknown_keys_are_errors_in_every_block(
+    block: dict[str, Any], key: str, suggestion: str | None
+) -> None:
+    issue = only_error(config(**block))
+    assert issue.path == key
+    if suggestion is not None:
+        assert issue.message.endswith(f"did you mean {suggestion!r}?")
+
+
+def test_underscore_keys_next_to_a_typo_stay_comments() -> None:
+    document = config(route(_auth_requried=True, auth_requried=True), jwt={"secret": SECRET})
+    assert only_error(document).path == "routers[0].auth_requried"
 
 
 def test_misspelt_required_key_is_reported_with_its_suggestion() -> None:
@@ -955,13 +1156,24 @@ def test_misspelt_required_key_is_reported_with_its_suggestion() -> None:
     typo["extrnal_path"] = typo.pop("external_path")
     issues = config_error(config(typo)).issues
     assert issue_at(issues, "routers[0].external_path").message == "is required"
-    warning = issue_at(issues, "routers[0].extrnal_path", Severity.WARNING)
-    assert "did you mean 'external_path'?" in warning.message
+    assert "did you mean 'external_path'?" in issue_at(issues, "routers[0].extrnal_path").message
 
 
 def test_unknown_key_far_from_any_known_key_gets_no_suggestion() -> None:
-    loaded = load(config(server={"zzzz": 1}))
-    assert issue_at(loaded.issues, "server.zzzz", Severity.WARNING).message == "unknown key 'zzzz'"
+    assert only_error(config(server={"zzzz": 1})).message == "unknown key 'zzzz'"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1, "a": [1, {"b": 2}], "routers": [{"x": 1, "x": 2}, []], "c": {}}',
+        ' \n{ "routers" : [ ] , "n" : NaN }\n',
+        "[1, 2]",
+        '"text"',
+    ],
+)
+def test_decode_json_gives_what_json_loads_gives(text: str) -> None:
+    assert repr(decode_json(text)) == repr(json.loads(text))
 
 
 def test_invalid_json_is_reported_with_its_line() -> None:
@@ -1222,6 +1434,42 @@ def test_bad_rate_limit_strategy_is_one_error_at_strategy(strategy: Any) -> None
 
 
 @pytest.mark.parametrize(
+    ("part", "message"),
+    [
+        (
+            {"strategy": "PerIP", "requests_per_windw": 5},
+            "Composite part 1: unknown key 'requests_per_windw'; "
+            "did you mean 'requests_per_window'?",
+        ),
+        (
+            {"strategy": "PerIP", "requests_per_window": 0},
+            "Composite part 1: requests_per_window must be an integer of at least 1, got 0",
+        ),
+        (
+            {"strategy": "PerIP", "window_duration": "60"},
+            "Composite part 1: window_duration must be an integer of at least 1, got '60'",
+        ),
+        (
+            {"strategy": "PerIP", "window_type": "Sliding"},
+            "Composite part 1: window type 'Sliding' is not supported; allowed: FixedWindow, "
+            "SlidingWindow, TokenBucket",
+        ),
+    ],
+    ids=["unknown-key", "zero", "string", "window-type"],
+)
+def test_a_bad_composite_part_is_one_error_naming_the_part(part: Any, message: str) -> None:
+    limit = {
+        "strategy": {"Composite": ["PerRoute", part]},
+        "requests_per_window": 10,
+        "window_duration": 1,
+    }
+    document = config(rate_limit=limit)
+    issue = only_error(document)
+    assert (issue.path, issue.message) == ("rate_limit.strategy", message)
+    assert issue.line == line_of(text_of(document), '"strategy"')
+
+
+@pytest.mark.parametrize(
     ("strategy", "kind", "model"),
     [
         ("latency_prediction", "latency_prediction", None),
@@ -1312,9 +1560,27 @@ def test_jwt_secret_with_a_lone_surrogate_is_measured_not_crashed_on() -> None:
     assert "at least 32 characters" in issue.message
 
 
+def test_issues_deep_in_a_long_router_list_are_located_on_their_own_lines() -> None:
+    routers = [route(f"/r{i}") for i in range(300)]
+    routers[298]["backends"] = [backend(), backend(port=0)]
+    routers[299]["methods"] = []
+    text = text_of(config(*routers))
+    issues = {issue.path: issue for issue in config_error(text).errors}
+    assert issues["routers[298].backends[1].port"].line == line_of(text, '"port": 0')
+    assert issues["routers[299].methods"].line == line_of(text, '"methods": []')
+
+
+def test_issues_of_a_document_are_located_in_its_two_space_rendering() -> None:
+    document = config(route("/a"), route("/b", methods=[]))
+    with pytest.raises(ConfigError) as info:
+        validate_document(document, environ={})
+    (issue,) = info.value.errors
+    assert issue.line == line_of(json.dumps(document, indent=2), '"methods": []')
+
+
 @pytest.mark.parametrize("key", ["old/routes", "\\u00e9t\\u00e9"], ids=["slash", "escaped"])
 def test_unknown_key_is_located_on_its_own_line_whatever_its_spelling(key: str) -> None:
     text = '{\n  "routers": [\n    ' + json.dumps(route()) + '\n  ],\n  "' + key + '": 1\n}\n'
-    (warning,) = load(text).issues
-    assert warning.message.startswith("unknown key")
-    assert warning.line == 5
+    issue = only_error(text)
+    assert issue.message.startswith("unknown key")
+    assert issue.line == 5

@@ -7,7 +7,9 @@ config must never raise anything but :class:`ConfigError`, and every issue must 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import re
 from typing import Any
 
 import pytest
@@ -24,6 +26,7 @@ from kairos_core.config import (
     validate_document,
 )
 from kairos_core.config import models as schema
+from kairos_core.config.loader import decode_json, document_version
 from kairos_core.state import compile_state
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -129,6 +132,30 @@ def test_parse_config_of_any_json_loads_or_raises_config_error(document: Any) ->
 @given(documents)
 def test_validate_document_of_any_json_loads_or_raises_config_error(document: Any) -> None:
     check_outcome(lambda: validate_document(document, environ={"SET_VAR": "1"}))
+
+
+@SETTINGS
+@given(documents, st.sampled_from([None, 2]), st.text(alphabet=" \t\n", max_size=3))
+def test_decode_json_in_steps_is_json_loads(
+    document: Any, indent: int | None, padding: str
+) -> None:
+    text = padding + json.dumps(document, indent=indent, ensure_ascii=False) + padding
+    assert decode_json(text) == json.loads(text)
+    for broken in (text[:-2], text + ",", text.replace(":", "", 1), text.replace("]", ",]", 1)):
+        try:
+            expected: Any = json.loads(broken)
+        except ValueError as exc:
+            with pytest.raises(ValueError, match=re.escape(str(exc))):
+                decode_json(broken)
+        else:
+            assert decode_json(broken) == expected
+
+
+@SETTINGS
+@given(config_like)
+def test_document_version_is_the_hash_of_the_canonical_json(document: Any) -> None:
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    assert document_version(document) == hashlib.sha256(canonical).hexdigest()[:16]
 
 
 @SETTINGS

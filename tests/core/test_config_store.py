@@ -17,7 +17,9 @@ import pytest
 from kairos_core.config import load_config, validate_document
 from kairos_core.config.store import (
     REDACTED,
+    is_secret_header,
     redact,
+    redact_query,
     restore_secrets,
     with_route_added,
     with_route_removed,
@@ -345,3 +347,106 @@ def test_a_restored_document_validates_with_the_running_secret() -> None:
 
     assert loaded.config.jwt is not None
     assert loaded.config.jwt.secret == JWT_SECRET
+
+
+# --- secrets inside transformations -------------------------------------------------------------
+
+BEARER = "Bearer upstream-s3cr3t-0123456789"
+COOKIE = "session=c00kie-value-42"
+API_KEY = "k3y-for-the-upstream-7777"
+
+
+def transformed_route() -> dict[str, Any]:
+    return route(
+        "/t",
+        request_transformation={
+            "headers": [
+                {"action": "set", "name": "Authorization", "value": BEARER},
+                {"action": "add", "name": "X-Tenant", "value": "acme"},
+                {"action": "set", "name": "X-Api-Key", "value": API_KEY},
+                {"action": "remove", "name": "Cookie"},
+            ],
+            "query_params": [{"action": "add", "name": "access_token", "value": API_KEY}],
+        },
+        response_transformation={
+            "headers": [
+                {
+                    "action": "replace",
+                    "name": "Set-Cookie",
+                    "pattern": "session=.*",
+                    "replacement": COOKIE,
+                }
+            ]
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Authorization",
+        "proxy-authorization",
+        "Cookie",
+        "Set-Cookie",
+        "X-Api-Key",
+        "X-Auth-Token",
+        "X-Client-Secret",
+        "DB-Password",
+        "api_key",
+        "X-Session-Id",
+    ],
+)
+def test_credential_names_are_secret_headers(name: str) -> None:
+    assert is_secret_header(name)
+
+
+@pytest.mark.parametrize("name", ["X-Tenant", "Accept", "X-Request-ID", "User-Agent"])
+def test_other_names_are_not_secret_headers(name: str) -> None:
+    assert not is_secret_header(name)
+
+
+def test_redact_hides_credential_values_of_transformations_and_keeps_the_rest() -> None:
+    redacted = redact(transformed_route())
+
+    text = json.dumps(redacted)
+    for secret in (BEARER, COOKIE, API_KEY):
+        assert secret not in text
+    headers = redacted["request_transformation"]["headers"]
+    assert headers[0] == {"action": "set", "name": "Authorization", "value": REDACTED}
+    assert headers[1]["value"] == "acme"
+    assert headers[3] == {"action": "remove", "name": "Cookie"}
+    assert redacted["request_transformation"]["query_params"][0]["value"] == REDACTED
+    response = redacted["response_transformation"]["headers"][0]
+    assert (response["pattern"], response["replacement"]) == ("session=.*", REDACTED)
+
+
+def test_restore_secrets_restores_transformation_values_by_position_or_by_name() -> None:
+    running = transformed_route()
+    sent = redact(running)
+    headers = sent["request_transformation"]["headers"]
+    headers.insert(0, {"action": "add", "name": "X-New", "value": "1"})  # positions shift
+
+    restored = restore_secrets(sent, running)
+
+    restored_headers = restored["request_transformation"]["headers"]
+    assert restored_headers[1]["value"] == BEARER
+    assert restored_headers[3]["value"] == API_KEY
+    assert restored["request_transformation"]["query_params"][0]["value"] == API_KEY
+    assert restored["response_transformation"]["headers"][0]["replacement"] == COOKIE
+    assert restore_secrets(redact(running), running) == running
+
+
+def test_restore_secrets_never_gives_a_header_the_secret_of_another_name() -> None:
+    running = transformed_route()
+    sent = redact(running)
+    sent["request_transformation"]["headers"][0]["name"] = "X-Other-Token"
+
+    restored = restore_secrets(sent, running)
+
+    assert restored["request_transformation"]["headers"][0]["value"] == REDACTED
+
+
+def test_redact_query_hides_credential_parameters_only() -> None:
+    assert redact_query("x=1&api_key=abc&access%5Ftoken=def&flag") == (
+        f"x=1&api_key={REDACTED}&access%5Ftoken={REDACTED}&flag"
+    )

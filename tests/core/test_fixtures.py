@@ -1,4 +1,4 @@
-"""kairos-rs's published configs load here with the same meaning (fixtures/kairos-rs/README.md).
+"""kairos-rs's published configs load here with the same meaning (../fixtures/kairos-rs/README.md).
 
 Each file gives the result its README row states; the valid ones keep kairos-rs's meaning (legacy
 routes, ``_comment`` keys, rate-limit and AI policy spellings).
@@ -21,11 +21,7 @@ from kairos_core.config import (
     route_ids,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "kairos-rs"
-
-pytestmark = pytest.mark.skipif(
-    not FIXTURES.is_dir(), reason=f"kairos-rs fixtures not found at {FIXTURES}"
-)
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "kairos-rs"
 
 VALID = (
     "config.json",
@@ -69,6 +65,7 @@ def readme_expectations() -> dict[str, str]:
 def test_readme_table_covers_every_fixture_and_matches_these_tests() -> None:
     expected = readme_expectations()
     assert set(expected) == {p.name for p in FIXTURES.glob("*.json")}
+    assert "MIT License" in (FIXTURES / "LICENSE").read_text()
     assert set(expected) == {*VALID, INVALID}
     for name in VALID:
         assert expected[name] == "valid (warnings allowed)"
@@ -104,6 +101,9 @@ def test_multi_protocol_fixture_is_invalid_with_one_located_error_per_problem() 
     assert strategy.line == line_of(INVALID, '"strategy": "sliding_window"')
     assert all(issue.line is not None for issue in info.value.errors)
     assert not any(path.startswith(("routers[0]", "routers[1]")) for path in errors)
+    typo = errors["rate_limit.requests_per_minute"]
+    assert typo.message == "unknown key 'requests_per_minute'; did you mean 'requests_per_window'?"
+    assert typo.line == line_of(INVALID, '"requests_per_minute"')
 
 
 def test_legacy_host_port_route_becomes_one_backend_with_weight_one() -> None:

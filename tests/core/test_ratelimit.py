@@ -126,6 +126,101 @@ def test_serde_tagged_spellings_give_the_same_keys() -> None:
     assert keys_for(policy(strategy={"PerIP": None})) == keys_for(policy(strategy="PerIP"))
 
 
+def test_composite_parts_with_their_own_numbers_carry_their_sub_policy() -> None:
+    limit = policy(
+        requests_per_window=100,
+        window_duration=60,
+        window_type="SlidingWindow",
+        strategy={
+            "Composite": [
+                {"strategy": "PerIP", "requests_per_window": 10, "window_duration": 1},
+                "PerRoute",
+                {"strategy": {"Composite": ["PerUser"]}, "window_type": "TokenBucket"},
+            ]
+        },
+    )
+
+    ip, route, user = keys_for(limit, user="alice")
+
+    assert (ip.strategy, route.strategy, user.strategy) == ("PerIP", "PerRoute", "PerUser")
+    assert ip.policy is not None and ip.policy.numbers == (10, 1, 0, "SlidingWindow")
+    assert route.policy is None  # the block's own numbers
+    assert user.policy is not None and user.policy.numbers == (100, 60, 0, "TokenBucket")
+    assert ip.key == f"kairos_rl:global:ip={IP}"  # keys are named as before
+
+
+def test_two_parts_on_one_key_with_other_numbers_are_two_counters() -> None:
+    limit = policy(
+        strategy={
+            "Composite": [
+                {"strategy": "PerIP", "requests_per_window": 2, "window_duration": 1},
+                {"strategy": "PerIP", "requests_per_window": 50, "window_duration": 60},
+                "PerIP",
+                "PerUser",  # anonymous: the same key and numbers as the plain PerIP part
+            ]
+        }
+    )
+
+    keys = keys_for(limit)
+
+    assert [k.key for k in keys] == [f"kairos_rl:global:ip={IP}"] * 3
+    assert [k.policy.numbers if k.policy else None for k in keys] == [
+        (2, 1, 0, "FixedWindow"),
+        (50, 60, 0, "FixedWindow"),
+        None,
+    ]
+
+
+@pytest.mark.parametrize("window", [*WINDOWS, "TokenBucket"])
+async def test_each_key_is_charged_against_its_own_sub_policy(window: str) -> None:
+    limit = policy(
+        requests_per_window=10,
+        window_type=window,
+        strategy={
+            "Composite": [
+                {"strategy": "PerIP", "requests_per_window": 2},
+                {"strategy": "PerRoute", "requests_per_window": 3},
+            ]
+        },
+    )
+    limiter = RateLimiter()
+
+    first = [await limiter.check(limit, keys_for(limit, client_ip=IP)) for _ in range(2)]
+    other = [await limiter.check(limit, keys_for(limit, client_ip=OTHER_IP)) for _ in range(2)]
+    again = await limiter.check(limit, keys_for(limit, client_ip=IP))
+
+    assert [d.allowed for d in first] == [True, True]
+    assert [d.allowed for d in other] == [True, False]  # PerRoute: 3 in all, not the block's 10
+    assert other[1].limit == 3
+    assert not again.allowed  # PerIP: 2, not the block's 10
+
+
+def test_describe_shows_each_part_with_its_own_numbers() -> None:
+    limit = policy(
+        requests_per_window=100,
+        window_duration=60,
+        burst_allowance=20,
+        window_type="SlidingWindow",
+        strategy={
+            "Composite": [
+                {
+                    "strategy": "PerIP",
+                    "requests_per_window": 10,
+                    "window_duration": 1,
+                    "burst_allowance": 0,
+                    "window_type": "FixedWindow",
+                },
+                "PerUser",
+            ]
+        },
+    )
+
+    assert describe(limit) == (
+        "PerIP: 10 requests / 1 s, FixedWindow; "
+        "PerUser: 100 requests / 60 s (+20 burst), SlidingWindow"
+    )
+
+
 def test_capacity_and_refill_rate() -> None:
     limit = policy(requests_per_window=10, window_duration=4, burst_allowance=5)
 

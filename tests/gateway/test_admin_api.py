@@ -249,11 +249,12 @@ def test_ready_when_every_route_has_a_candidate_backend(admin: httpx.Client, sta
     assert response.json() == {
         "status": "ready",
         "reasons": [],
+        "unroutable": [],
         "config_version": stack.gateway.config_version(),
     }
 
 
-def test_ready_is_503_with_reasons_while_the_only_backend_is_forced_open(
+def test_ready_stays_200_and_lists_a_route_whose_only_backend_is_forced_open(
     admin: httpx.Client, stack: Stack
 ) -> None:
     key = key_of(stack.upstreams.lonely)
@@ -261,15 +262,13 @@ def test_ready_is_503_with_reasons_while_the_only_backend_is_forced_open(
     assert opened.status_code == 200, opened.text
     try:
         response = admin.get("/ready")
-        assert response.status_code == 503, response.text
+        assert response.status_code == 200, response.text
         body = response.json()
-        assert body["status"] == "not_ready"
-        assert len(body["reasons"]) == 1
-        assert "lonely" in body["reasons"][0]
+        assert (body["status"], body["reasons"], body["unroutable"]) == ("ready", [], ["lonely"])
     finally:
         assert admin.post(circuit_url(key, "reset")).status_code == 200
 
-    assert admin.get("/ready").status_code == 200
+    assert admin.get("/ready").json()["unroutable"] == []
 
 
 # --- Prometheus ---------------------------------------------------------------------------------
@@ -448,8 +447,8 @@ def test_a_breaker_opening_shows_in_every_view(
         backends = {b["backend"]: b for b in admin.get("/api/metrics").json()["backends"]}
         assert backends[key]["circuit"]["state"] == "open"
         ready = admin.get("/ready")
-        assert ready.status_code == 503
-        assert any("breaker" in reason for reason in ready.json()["reasons"])
+        assert ready.status_code == 200
+        assert ready.json()["unroutable"] == ["breaker"]
 
 
 # --- JSON metrics -------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.support.gateway import Gateway, route
-from tests.support.procs import Upstream
+from tests.support.procs import Upstream, free_port
 
 FAILURE_THRESHOLD = 3
 
@@ -254,3 +254,38 @@ def test_resuming_with_last_event_id_replays_everything_missed_exactly_once(
         {"action": "deleted", "route": "sse-missed"},
     ]
     assert any(e.type == "snapshot" for e in resumed)
+
+
+def test_a_reload_of_listener_settings_says_restart_required_everywhere(
+    gateway_factory: Callable[..., Gateway], upstream: Upstream
+) -> None:
+    gateway = gateway_factory({"routers": [route("/echo", "/echo", [upstream.url])]})
+    moved = json.loads(gateway.config_path.read_text())
+    moved["server"]["port"] = free_port()
+    moved["admin"]["port"] = free_port()
+    admin = httpx.Client(base_url=gateway.admin_url, trust_env=False, timeout=10)
+    with EventStream(f"{gateway.admin_url}/api/events") as stream, admin:
+        gateway.write_config(moved)
+        response = admin.post("/api/config/reload")
+        event = stream.next(of_type("reload"), timeout_s=5)
+        again = admin.post("/api/config/reload")  # still pending: nothing was restarted
+
+    assert response.status_code == 200, response.text
+    assert response.json()["restart_required"] == ["server.port", "admin.port"]
+    assert again.json()["restart_required"] == ["server.port", "admin.port"]
+    assert event.data["data"]["restart_required"] == ["server.port", "admin.port"]
+    assert "WARNING kairos.gateway: config applied" in gateway.process.log_text()
+    assert "restart required for server.port, admin.port" in gateway.process.log_text()
+    with gateway.client() as client:
+        assert client.get("/echo").status_code == 200  # still on the port it started with
+
+
+def test_a_reload_that_leaves_listener_settings_alone_requires_no_restart(stack: Stack) -> None:
+    gateway = stack.gateway
+    document = json.loads(gateway.config_path.read_text())
+    with stack.admin() as admin:
+        gateway.write_config({**document, "_comment": f"touched at {time.time()}"})
+        response = admin.post("/api/config/reload")
+        replaced = admin.put("/api/config", json=admin.get("/api/config").json()["config"])
+    assert response.json()["restart_required"] == []
+    assert replaced.json()["restart_required"] == []

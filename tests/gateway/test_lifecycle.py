@@ -29,7 +29,9 @@ from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from kairos_cli.main import app as cli_app
 from tests.support.gateway import REPO_ROOT, Gateway, backend, route
 from tests.support.procs import Upstream, free_port, wait_for_port
 from tests.support.rawhttp import RawConnection
@@ -151,10 +153,18 @@ def _bad_configs(port: int, admin_port: int) -> dict[str, tuple[str, str, str]]:
             ",,",
             "json",
         ),
+        "typo": (
+            head + '  "routers": [\n    {\n      "external_path": "/a",\n'
+            '      "internal_path": "/a",\n      "methods": ["GET"],\n'
+            '      "auth_requried": true,\n'
+            '      "backends": [{"host": "http://127.0.0.1", "port": 9}]\n    }\n  ]\n}\n',
+            '"auth_requried"',
+            "unknown key 'auth_requried'; did you mean 'auth_required'?",
+        ),
     }
 
 
-@pytest.mark.parametrize("kind", ["semantic", "syntax"])
+@pytest.mark.parametrize("kind", ["semantic", "syntax", "typo"])
 def test_invalid_config_exits_non_zero_naming_file_and_line(tmp_path: Path, kind: str) -> None:
     port, admin_port = free_port(), free_port()
     text, marker, word = _bad_configs(port, admin_port)[kind]
@@ -201,6 +211,54 @@ def test_a_taken_port_is_one_line_and_exit_1_with_nothing_left_running(
     ], stderr
     assert "Traceback" not in stderr
     assert "proxy on http" not in stderr, "announced a listener that never served"
+
+
+@pytest.mark.parametrize(
+    "cluster",
+    [{}, {"redis_url": "redis://127.0.0.1:6379/0"}],
+    ids=["without-redis", "with-redis"],
+)
+def test_workers_above_one_get_the_answer_kairos_validate_gives(
+    tmp_path: Path, cluster: dict[str, str]
+) -> None:
+    port, admin_port = free_port(), free_port()
+    document = {
+        "version": 1,
+        "server": {"host": "127.0.0.1", "port": port, "workers": 2},
+        "admin": {"host": "127.0.0.1", "port": admin_port},
+        "cluster": cluster,
+        "routers": [route("/a", "/a", ["http://127.0.0.1:9"])],
+    }
+    path = tmp_path / "workers.json"
+    path.write_text(json.dumps(document, indent=2))
+    validated = CliRunner().invoke(cli_app, ["validate", str(path), "--json"])
+    assert validated.exit_code == 1, validated.stdout
+    (error,) = json.loads(validated.stdout)["errors"]
+    assert error["path"] == "server.workers"
+
+    code, stderr, _, bound = run_until_exit(path, (port, admin_port))
+
+    assert code == 1, stderr
+    assert f"server.workers (line {error['line']}): {error['message']}" in stderr
+    assert not bound
+
+
+def test_config_warnings_are_logged_at_warning_at_start_and_on_reload(
+    upstream: Upstream, gateway_factory: GatewayFactory
+) -> None:
+    shadowed = route("/b", "/", [upstream.url], name="second")
+    shadowed["circuit_breaker"] = {"failure_threshold": 2}
+    document = {"routers": [route("/a", "/", [upstream.url], name="first"), shadowed]}
+    gateway = gateway_factory(document)
+    wait_for_log_count(gateway, "WARNING kairos.config: warning: routers[1].circuit_breaker", 1)
+    wait_for_log_count(gateway, "INFO kairos.config: recommendation: routers[0]", 1)
+
+    changed = copy.deepcopy(gateway.document)
+    changed["routers"][0].update(timeout_ms=5000, deadline_ms=1000)
+    before = gateway.config_version()
+    gateway.write_config(changed)
+    gateway.wait_for_version_change(before)
+    wait_for_log_count(gateway, "WARNING kairos.config: warning: routers[0].timeout_ms", 1)
 
 
 def test_host_and_port_flags_override_the_config(upstream: Upstream, tmp_path: Path) -> None:

@@ -68,6 +68,19 @@ def _limited_config(echo: Upstream) -> dict[str, Any]:
             limited("/ip-route-b", echo, limit(2, strategy="PerIPAndRoute")),
             limited("/per-user", echo, limit(2, strategy="PerUser"), auth_required=True),
             limited("/composite", echo, limit(3, strategy={"Composite": ["PerIP", "PerRoute"]})),
+            limited(
+                "/composite-parts",
+                echo,
+                limit(
+                    10,
+                    strategy={
+                        "Composite": [
+                            {"strategy": "PerIP", "requests_per_window": 2},
+                            {"strategy": "PerRoute", "requests_per_window": 4},
+                        ]
+                    },
+                ),
+            ),
             route("/unlimited", "/unlimited", [echo.url]),
         ],
     }
@@ -274,6 +287,21 @@ def test_composite_refuses_when_any_key_is_spent(stack: Stack, client: httpx.Cli
     assert_rate_limited(refused)
     assert limit_headers(refused)[0] == 3
     assert len(stack.hits("/composite")) == 3
+
+
+def test_composite_parts_enforce_their_own_numbers(stack: Stack, client: httpx.Client) -> None:
+    first, second, third = new_ip(), new_ip(), new_ip()
+    assert statuses([get(client, "/composite-parts", first) for _ in range(2)]) == [200, 200]
+
+    per_ip = get(client, "/composite-parts", first)  # the PerIP part allows 2, not the block's 10
+    assert_rate_limited(per_ip)
+    assert limit_headers(per_ip)[0] == 2
+    # the refused request still counted for the route (earlier keys stay charged): 3 of 4
+    assert get(client, "/composite-parts", second).status_code == 200
+    per_route = get(client, "/composite-parts", third)  # the PerRoute part allows 4 in all
+    assert_rate_limited(per_route)
+    assert limit_headers(per_route)[0] == 4
+    assert len(stack.hits("/composite-parts")) == 3
 
 
 def test_route_without_a_limit_has_no_ratelimit_headers(client: httpx.Client) -> None:
