@@ -118,7 +118,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     runtime.admin_host = args.admin_host or config.admin.host
     proxy = build_proxy_app(runtime)
-    proxy.after_server_start(lambda _app: runtime.mark_listening())  # /ready waits for it
     admin = build_admin_app(runtime)
     proxy_host, proxy_port = args.host or config.server.host, args.port or config.server.port
     admin_host = args.admin_host or config.admin.host
@@ -136,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit:
         proxy_socket.close()
         raise
+    runtime.mark_listening()  # both listeners are bound: /ready may say so
     proxy.prepare(sock=proxy_socket, protocol=ProxyProtocol, single_process=True, motd=False)
     admin.prepare(sock=admin_socket, single_process=True, motd=False)
     logging.getLogger("kairos.gateway").info(

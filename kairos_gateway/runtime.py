@@ -288,7 +288,7 @@ class GatewayRuntime:
         return True
 
     def mark_listening(self) -> None:
-        """The proxy listener is bound (called from its ``after_server_start``)."""
+        """Both listeners are bound (called by ``main`` once their sockets are)."""
         self.listening = True
 
     def refresh_gauges(self) -> None:
