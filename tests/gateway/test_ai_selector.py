@@ -26,7 +26,7 @@ from tests.support.llm import LlmStandIn
 from tests.support.pool import UpstreamPool
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FIXTURE = REPO_ROOT.parent / "shared" / "fixtures" / "kairos-rs" / "config_ai_test.json"
+FIXTURE = REPO_ROOT / "tests" / "fixtures" / "kairos-rs" / "config_ai_test.json"
 QUICK = "What's the capital of France? Quick answer."
 DEEP = "Explain step by step why the proof by induction works, and compare approaches. " * 30
 NO_KEYS = {"OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": ""}
