@@ -10,7 +10,9 @@ Rules (the same contract as :class:`~kairos_core.upstream.AiohttpUpstream`):
   back to the pool only after its response was read to the end and both sides agreed to keep it
   alive; idle connections older than ``IDLE_TIMEOUT_S`` (4 s, below the usual 5 s server
   keep-alive) are closed from the old end at every take and return (the oldest is checked, no
-  scan), and at most ``MAX_IDLE_PER_ORIGIN`` (256) stay open per origin;
+  scan) and by a sweep every ``IDLE_TIMEOUT_S`` while any connection is idle (so a pool that
+  traffic has left does not hold sockets), and at most ``MAX_IDLE_PER_ORIGIN`` (256) stay open
+  per origin;
 - the request target is sent exactly as given (already percent-encoded); ``Host`` is the
   backend's unless the caller set one; a bytes body gets ``Content-Length``, a stream is sent
   with the caller's ``Content-Length`` or chunked;
@@ -332,6 +334,7 @@ class H1Upstream:
     def __init__(self) -> None:
         self._idle: dict[str, deque[_Connection]] = {}
         self._origins: dict[str, _Origin] = {}
+        self._sweep: asyncio.TimerHandle | None = None
         self._websockets = AiohttpUpstream()
         self._tls = ssl.create_default_context()
 
@@ -363,6 +366,9 @@ class H1Upstream:
         return await self._websockets.connect_websocket(url, headers, protocols, connect_timeout_s)
 
     async def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for pool in self._idle.values():
             for conn in pool:
                 conn.abort()
@@ -401,6 +407,18 @@ class H1Upstream:
         _evict_stale(pool, now)
         if len(pool) > MAX_IDLE_PER_ORIGIN:
             pool.popleft().abort()
+        if self._sweep is None:
+            self._sweep = asyncio.get_running_loop().call_later(IDLE_TIMEOUT_S, self._sweep_idle)
+
+    def _sweep_idle(self) -> None:
+        self._sweep = None
+        now = time.monotonic()
+        for key, pool in list(self._idle.items()):
+            _evict_stale(pool, now)
+            if not pool:
+                del self._idle[key]
+        if self._idle:
+            self._sweep = asyncio.get_running_loop().call_later(IDLE_TIMEOUT_S, self._sweep_idle)
 
     async def _connect(self, origin: _Origin, timeout_s: float) -> _Connection:
         tls = self._tls if origin.tls else None
