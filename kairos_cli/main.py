@@ -134,12 +134,13 @@ def _load(path: Path, *, strict: bool) -> LoadedConfig:
     elif not os.access(path, os.R_OK):
         problem = "permission denied"
     if problem is not None:
-        raise _Unreadable([ConfigIssue("", f"cannot read config file: {problem}")])
+        issue = ConfigIssue("", f"cannot read config file: {problem}", code="unreadable")
+        raise _Unreadable([issue])
     try:
         return load_config(path, strict=strict)
     except ConfigError as exc:
         # load_config reports I/O failures as a single root issue; they are not config errors.
-        if len(exc.issues) == 1 and exc.issues[0].message.startswith("cannot read config file"):
+        if len(exc.issues) == 1 and exc.issues[0].code == "unreadable":
             raise _Unreadable(exc.issues) from exc
         raise
 

@@ -183,8 +183,7 @@ def _print_auth(console: Console, plan: DryRun) -> None:
     _section(console, "Auth")
     auth = plan.auth
     _field(console, "required", "yes (JWT)" if auth.required else "no")
-    ok = not auth.required or auth.subject is not None or auth.outcome.startswith("ok")
-    _field(console, "outcome", auth.outcome, "green" if ok else "red")
+    _field(console, "outcome", auth.outcome, "green" if auth.accepted else "red")
 
 
 def _print_rate_limit(console: Console, plan: DryRun) -> None:

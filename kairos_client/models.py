@@ -192,7 +192,10 @@ class RouteChange(_Wire):
 
 
 class ValidationIssue(_Wire):
+    """One config problem; ``code`` names the rule (stable), ``message`` explains it."""
+
     severity: Literal["error", "warning", "recommendation"]
+    code: str = "invalid"
     path: str
     line: int | None = None
     message: str

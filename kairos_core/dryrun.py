@@ -118,11 +118,12 @@ class Pick:
 
 @dataclass(frozen=True, slots=True)
 class AuthPlan:
-    """Whether the route needs a JWT and what the verifier says about the one given."""
+    """Whether the route needs a JWT, whether the request passes, and what the verifier says."""
 
     required: bool
     outcome: str
     subject: str | None = None
+    accepted: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -540,7 +541,8 @@ def _authenticate(
         reason = exc.reason
         if authorization is None:
             reason = f"{reason} (send Authorization: Bearer <JWT>)"
-        return AuthPlan(True, exc.reason), None, f"authentication required: {reason}"
+        plan = AuthPlan(True, exc.reason, accepted=False)
+        return plan, None, f"authentication required: {reason}"
     if identity is None:  # identify() returns an identity or raises when the route requires one
         outcome = "not required"
         if authorization is not None and route.keys_on_user:

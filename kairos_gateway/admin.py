@@ -55,6 +55,7 @@ from kairos_gateway.runtime import GatewayRuntime, VersionConflict
 
 log = logging.getLogger("kairos.admin")
 PUBLIC_PATHS = frozenset({"/health", "/live", "/ready"})
+DUPLICATE_ROUTE_CODES = frozenset({"duplicate_route", "duplicate_route_name"})
 EVENT_QUEUE_SIZE = 1000
 # a config nests a few levels (routers[].request_transformation.headers[]...); the rest is abuse
 MAX_BODY_DEPTH = 64
@@ -443,7 +444,7 @@ class AdminApi:
         except VersionConflict as exc:
             raise AdminError(412, "precondition_failed", str(exc)) from exc
         except ConfigError as exc:
-            duplicate = [i for i in exc.errors if "duplicate route" in i.message]
+            duplicate = [i for i in exc.errors if i.code in DUPLICATE_ROUTE_CODES]
             if duplicate_is_conflict and duplicate:
                 raise AdminError(409, "conflict", duplicate[0].message, exc.errors) from exc
             raise AdminError(

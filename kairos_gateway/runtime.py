@@ -247,7 +247,8 @@ class GatewayRuntime:
         exposed = self.admin_host is not None and not is_loopback(self.admin_host)
         if exposed and not loaded.config.admin.token:
             message = f"the admin listener is bound to {self.admin_host!r}; it needs a token"
-            raise ConfigError([ConfigIssue("admin.token", message)], source=loaded.source)
+            issue = ConfigIssue("admin.token", message, code="admin_needs_token")
+            raise ConfigError([issue], source=loaded.source)
 
     async def _watch_config(self) -> None:
         seen = _identity(self.config_path)

@@ -24,13 +24,18 @@ class Severity(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ConfigIssue:
-    """One problem, located by JSON path (``routers[2].backends[0].port``) and file line."""
+    """One problem, located by JSON path (``routers[2].backends[0].port``) and file line.
+
+    ``code`` names the rule that found it (``duplicate_route``, ``unknown_key``,
+    ``unreadable``...): stable, for programs to act on; ``message`` is for people and may change.
+    """
 
     path: str
     message: str
     severity: Severity = Severity.ERROR
     line: int | None = None
     allowed: tuple[str, ...] = ()
+    code: str = "invalid"
 
     def __str__(self) -> str:
         where = self.path or "$"
@@ -42,6 +47,7 @@ class ConfigIssue:
         """The stable JSON shape used by ``kairos validate --json`` and the admin API."""
         return {
             "severity": str(self.severity),
+            "code": self.code,
             "path": self.path or "$",
             "line": self.line,
             "message": self.message,

@@ -28,7 +28,7 @@ import re
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Union
 
@@ -259,7 +259,8 @@ def load_config(
         raw = file.read_bytes()
     except OSError as exc:
         raise ConfigError(
-            [ConfigIssue("", f"cannot read config file: {exc.strerror or exc}")], source=source
+            [ConfigIssue("", f"cannot read config file: {exc.strerror or exc}", code="unreadable")],
+            source=source,
         ) from exc
     return parse_config(raw, source=source, strict=strict, environ=environ)
 
@@ -279,15 +280,22 @@ def parse_config(
         try:
             text = text.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            issue = ConfigIssue("", f"config is not UTF-8 text (byte {exc.start})")
+            issue = ConfigIssue("", f"config is not UTF-8 text (byte {exc.start})", code="not_utf8")
             raise ConfigError([issue], source=source) from exc
     try:
         document = decode_json(text)
     except json.JSONDecodeError as exc:
-        issue = ConfigIssue("", f"invalid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno)
+        issue = ConfigIssue(
+            "",
+            f"invalid JSON: {exc.msg} (column {exc.colno})",
+            line=exc.lineno,
+            code="invalid_json",
+        )
         raise ConfigError([issue], source=source) from exc
     except ValueError as exc:  # e.g. an integer literal beyond Python's digit limit
-        raise ConfigError([ConfigIssue("", f"invalid JSON: {exc}")], source=source) from exc
+        raise ConfigError(
+            [ConfigIssue("", f"invalid JSON: {exc}", code="invalid_json")], source=source
+        ) from exc
     except RecursionError as exc:
         raise ConfigError([_too_deep()], source=source) from exc
     return validate_document(
@@ -309,7 +317,9 @@ def validate_document(
     except RecursionError as exc:
         raise ConfigError([_too_deep()], source=source) from exc
     except ValueError as exc:  # an integer beyond Python's int/str conversion limit
-        raise ConfigError([ConfigIssue("", f"invalid value: {exc}")], source=source) from exc
+        raise ConfigError(
+            [ConfigIssue("", f"invalid value: {exc}", code="invalid_value")], source=source
+        ) from exc
 
 
 def _validate(
@@ -323,7 +333,7 @@ def _validate(
     line_map = lines or _LineMap(lambda: json.dumps(document, indent=2, ensure_ascii=False))
     issues: list[ConfigIssue] = []
     if not isinstance(document, dict):
-        issues.append(ConfigIssue("", "the config must be a JSON object"))
+        issues.append(ConfigIssue("", "the config must be a JSON object", code="not_an_object"))
         raise ConfigError(issues, source=source)
 
     cleaned = _drop_private_keys(document)
@@ -353,11 +363,13 @@ def _default_admin_token(data: dict[str, Any], environ: Mapping[str, str]) -> No
 
 
 def _too_deep() -> ConfigIssue:
-    return ConfigIssue("", "the config is nested too deeply")
+    return ConfigIssue("", "the config is nested too deeply", code="too_deep")
 
 
 def _too_big(size: int) -> ConfigIssue:
-    return ConfigIssue("", f"config is {size} bytes; the limit is {MAX_CONFIG_BYTES} bytes")
+    return ConfigIssue(
+        "", f"config is {size} bytes; the limit is {MAX_CONFIG_BYTES} bytes", code="too_large"
+    )
 
 
 def _locate(issue: ConfigIssue, lines: _LineMap, strict: bool) -> ConfigIssue:
@@ -366,7 +378,7 @@ def _locate(issue: ConfigIssue, lines: _LineMap, strict: bool) -> ConfigIssue:
         severity = Severity.ERROR
     loc = _parse_path(issue.path)
     line = issue.line if issue.line is not None else lines.line(loc)
-    return ConfigIssue(issue.path, issue.message, severity, line, issue.allowed)
+    return replace(issue, severity=severity, line=line)
 
 
 def _parse_path(path: str) -> Loc:
@@ -416,6 +428,7 @@ def _expand_env(value: Any, loc: Loc, environ: Mapping[str, str], issues: list[C
                 format_path(loc),
                 f"environment variable {name} is not set "
                 f"(set it, or give a default with ${{{name}:-default}})",
+                code="env_unset",
             )
         )
         return ""
@@ -461,7 +474,9 @@ def _unknown_keys(model: type[BaseModel], data: Any, loc: Loc) -> Iterator[Confi
     known = _schema_keys(model)
     for key, value in data.items():
         if key not in known:
-            yield ConfigIssue(format_path((*loc, key)), unknown_key_message(str(key), known))
+            yield ConfigIssue(
+                format_path((*loc, key)), unknown_key_message(str(key), known), code="unknown_key"
+            )
             continue
         nested = known[key]
         if nested is None:
@@ -492,7 +507,7 @@ def _issues_from_validation(exc: ValidationError, data: Any, base: Loc) -> Itera
     for error in exc.errors(include_url=False):
         loc = (*base, *_data_loc(error["loc"], data))
         message, allowed = _describe(error, loc)
-        yield ConfigIssue(format_path(loc), message, Severity.ERROR, allowed=allowed)
+        yield ConfigIssue(format_path(loc), message, Severity.ERROR, allowed=allowed, code="schema")
 
 
 def _data_loc(loc: tuple[str | int, ...], data: Any) -> Loc:

@@ -134,7 +134,11 @@ def check_config(config: GatewayConfig, partial: Partial | None = None) -> Itera
     routers = list(zip(indexes, config.routers, strict=True))
     dropped = partial is not None and (partial.routers_dropped or "routers" in broken)
     if not config.routers and not dropped:
-        yield ConfigIssue("routers", "no routers configured: the gateway would not route anything")
+        yield ConfigIssue(
+            "routers",
+            "no routers configured: the gateway would not route anything",
+            code="no_routes",
+        )
     yield from _check_jwt(config, routers, broken)
     yield from _check_server(config, broken)
     if config.rate_limit is not None:
@@ -166,6 +170,7 @@ def _check_ai_provider(policy: AiPolicy, at: str, config: GatewayConfig) -> Iter
                 + (f"; did you mean {hint[0]!r}?" if hint else "")
                 + f" (known: {', '.join(PROVIDER_NAMES)})",
                 W,
+                code="unknown_ai_provider",
             )
             return
     if policy.strategy.kind != "content_analysis":
@@ -176,6 +181,7 @@ def _check_ai_provider(policy: AiPolicy, at: str, config: GatewayConfig) -> Iter
             f"{at}.ai_policy",
             f"no LLM will serve this route ({resolved.note}): the offline heuristic selects",
             W,
+            code="no_llm",
         )
 
 
@@ -193,12 +199,14 @@ def check_router_alone(router: Router, index: int) -> Iterator[ConfigIssue]:
                     f"{at}.internal_path",
                     f"uses {{{name}}} but external_path {router.external_path!r} has no such "
                     f"parameter (it has: {', '.join(external.param_names) or 'none'})",
+                    code="unknown_param",
                 )
         if len(external.param_names) > MANY_PARAMS:
             yield ConfigIssue(
                 f"{at}.external_path",
                 f"has many parameters ({len(external.param_names)}); consider a shorter pattern",
                 W,
+                code="many_params",
             )
     yield from _check_methods(router, at)
     yield from _check_backends(router, at)
@@ -216,6 +224,7 @@ def check_router_alone(router: Router, index: int) -> Iterator[ConfigIssue]:
             yield ConfigIssue(
                 f"{at}.ai_policy",
                 f"AI routing needs at least two backends to choose from; this route has {count}",
+                code="ai_needs_backends",
             )
         fallback = router.ai_policy.fallback_backend_index
         if fallback is not None and count and fallback >= count:
@@ -223,17 +232,21 @@ def check_router_alone(router: Router, index: int) -> Iterator[ConfigIssue]:
                 f"{at}.ai_policy.fallback_backend_index",
                 f"must be between 0 and {count - 1} (the route has {count} backends), "
                 f"got {fallback}",
+                code="ai_fallback_index",
             )
     if router.timeout_ms and router.deadline_ms and router.timeout_ms > router.deadline_ms:
         yield ConfigIssue(
             f"{at}.timeout_ms",
             f"per-try timeout {router.timeout_ms} ms exceeds deadline_ms {router.deadline_ms}",
             W,
+            code="timeout_over_deadline",
         )
     for h, host in enumerate(router.hosts):
         if not re.fullmatch(r"(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*", host):
             yield ConfigIssue(
-                f"{at}.hosts[{h}]", f"must be a host name like 'api.example.com', got {host!r}"
+                f"{at}.hosts[{h}]",
+                f"must be a host name like 'api.example.com', got {host!r}",
+                code="bad_host_pattern",
             )
 
 
@@ -241,18 +254,28 @@ def _check_pattern(
     path: str, where: str, label: str
 ) -> tuple[PathPattern | None, list[ConfigIssue]]:
     if not path.startswith("/"):
-        return None, [ConfigIssue(where, f"{label} path must start with '/', got {path!r}")]
+        return None, [
+            ConfigIssue(where, f"{label} path must start with '/', got {path!r}", code="bad_path")
+        ]
     if ".." in path:
-        return None, [ConfigIssue(where, f"path traversal ('..') is not allowed, got {path!r}")]
+        return None, [
+            ConfigIssue(
+                where, f"path traversal ('..') is not allowed, got {path!r}", code="path_traversal"
+            )
+        ]
     try:
         return PathPattern.parse(path), []
     except PatternError as exc:
-        return None, [ConfigIssue(where, f"invalid route pattern {path!r}: {exc}")]
+        return None, [
+            ConfigIssue(where, f"invalid route pattern {path!r}: {exc}", code="bad_pattern")
+        ]
 
 
 def _check_methods(router: Router, at: str) -> Iterator[ConfigIssue]:
     if not router.methods:
-        yield ConfigIssue(f"{at}.methods", "at least one HTTP method must be specified")
+        yield ConfigIssue(
+            f"{at}.methods", "at least one HTTP method must be specified", code="no_methods"
+        )
     for m, method in enumerate(router.methods):
         if method not in HTTP_METHODS:
             hint = " (methods are upper-case)" if method.upper() in HTTP_METHODS else ""
@@ -260,30 +283,45 @@ def _check_methods(router: Router, at: str) -> Iterator[ConfigIssue]:
                 f"{at}.methods[{m}]",
                 f"invalid HTTP method {method!r}{hint}; allowed: {', '.join(HTTP_METHODS)}",
                 allowed=HTTP_METHODS,
+                code="bad_method",
             )
     if len(set(router.methods)) > MANY_METHODS:
         yield ConfigIssue(
             f"{at}.methods",
             f"allows many HTTP methods ({len(set(router.methods))}); consider restricting them",
             W,
+            code="many_methods",
         )
     if router.protocol == "websocket" and "GET" not in router.methods:
-        yield ConfigIssue(f"{at}.methods", "a websocket route must allow GET for the upgrade", W)
+        yield ConfigIssue(
+            f"{at}.methods",
+            "a websocket route must allow GET for the upgrade",
+            W,
+            code="websocket_needs_get",
+        )
 
 
 def _check_backends(router: Router, at: str) -> Iterator[ConfigIssue]:
     if router.backends is None:
         if router.host is None and router.port is None:
-            yield ConfigIssue(at, "needs 'backends' or the legacy 'host' + 'port'")
+            yield ConfigIssue(
+                at, "needs 'backends' or the legacy 'host' + 'port'", code="no_backends"
+            )
             return
         if router.host is None or router.port is None:
             missing = "host" if router.host is None else "port"
-            yield ConfigIssue(f"{at}.{missing}", "legacy routes need both 'host' and 'port'")
+            yield ConfigIssue(
+                f"{at}.{missing}",
+                "legacy routes need both 'host' and 'port'",
+                code="legacy_backend_incomplete",
+            )
             return
         yield from _check_backend(router.effective_backends[0], at, router.protocol, legacy=True)
         return
     if not router.backends:
-        yield ConfigIssue(f"{at}.backends", "at least one backend must be specified")
+        yield ConfigIssue(
+            f"{at}.backends", "at least one backend must be specified", code="no_backends"
+        )
     for b, backend in enumerate(router.backends):
         yield from _check_backend(backend, f"{at}.backends[{b}]", router.protocol)
     for f, backend in enumerate(router.fallback):
@@ -298,14 +336,27 @@ def _check_backend(
     if problem is not None:
         schemes = tuple(s + "://" for s in allowed)
         shown = _without_password(backend.host)
-        yield ConfigIssue(f"{at}.host", f"backend host {problem}, got {shown!r}", allowed=schemes)
+        yield ConfigIssue(
+            f"{at}.host",
+            f"backend host {problem}, got {shown!r}",
+            allowed=schemes,
+            code="bad_backend_host",
+        )
     if not 1 <= backend.port <= 65535:
-        yield ConfigIssue(f"{at}.port", f"must be between 1 and 65535, got {backend.port}")
+        yield ConfigIssue(
+            f"{at}.port", f"must be between 1 and 65535, got {backend.port}", code="bad_port"
+        )
     if not legacy and backend.weight < 1:
-        yield ConfigIssue(f"{at}.weight", f"must be greater than 0, got {backend.weight}")
+        yield ConfigIssue(
+            f"{at}.weight", f"must be greater than 0, got {backend.weight}", code="bad_weight"
+        )
     path = backend.health_check_path
     if path is not None and not path.startswith("/"):
-        yield ConfigIssue(f"{at}.health_check_path", f"must start with '/', got {path!r}")
+        yield ConfigIssue(
+            f"{at}.health_check_path",
+            f"must start with '/', got {path!r}",
+            code="bad_health_check_path",
+        )
 
 
 def backend_host_problem(host: str, schemes: Sequence[str]) -> str | None:
@@ -370,16 +421,20 @@ def _check_retry(retry: RetryConfig, at: str) -> Iterator[ConfigIssue]:
         yield ConfigIssue(
             f"{at}.max_retries",
             f"must be at most {MAX_RETRIES} to prevent excessive delays, got {retry.max_retries}",
+            code="too_many_retries",
         )
     if retry.initial_backoff_ms > retry.max_backoff_ms:
         yield ConfigIssue(
             f"{at}.initial_backoff_ms",
             f"cannot be greater than max_backoff_ms ({retry.initial_backoff_ms} > "
             f"{retry.max_backoff_ms})",
+            code="backoff_order",
         )
     if retry.backoff_multiplier < 1.0:
         yield ConfigIssue(
-            f"{at}.backoff_multiplier", f"must be >= 1.0, got {retry.backoff_multiplier}"
+            f"{at}.backoff_multiplier",
+            f"must be >= 1.0, got {retry.backoff_multiplier}",
+            code="backoff_multiplier",
         )
     yield from _check_status_codes(retry.retry_on_status_codes, f"{at}.retry_on_status_codes")
 
@@ -392,7 +447,9 @@ def _check_status_codes(codes: Sequence[int], at: str) -> Iterator[ConfigIssue]:
     for i, code in enumerate(codes):
         if not 100 <= code <= 599:
             yield ConfigIssue(
-                f"{at}[{i}]", f"must be an HTTP status between 100 and 599, got {code}"
+                f"{at}[{i}]",
+                f"must be an HTTP status between 100 and 599, got {code}",
+                code="bad_status_code",
             )
 
 
@@ -408,11 +465,16 @@ def _check_request_transform(t: RequestTransformation, at: str) -> Iterator[Conf
                 f"{where}.action",
                 "query action 'replace' is not supported; allowed: add, set, remove",
                 allowed=("add", "set", "remove"),
+                code="bad_query_action",
             )
         elif not query.name:
-            yield ConfigIssue(f"{where}.name", "query parameter name cannot be empty")
+            yield ConfigIssue(
+                f"{where}.name", "query parameter name cannot be empty", code="empty_query_name"
+            )
         elif query.action in ("add", "set") and query.value is None:
-            yield ConfigIssue(f"{where}.value", f"action {query.action!r} needs a 'value'")
+            yield ConfigIssue(
+                f"{where}.value", f"action {query.action!r} needs a 'value'", code="missing_value"
+            )
 
 
 def _check_response_transform(t: ResponseTransformation, at: str) -> Iterator[ConfigIssue]:
@@ -425,16 +487,28 @@ def _check_header_transforms(
     for h, header in enumerate(headers):
         where = f"{at}[{h}]"
         if not HEADER_NAME.fullmatch(header.name):
-            yield ConfigIssue(f"{where}.name", f"invalid header name {header.name!r}")
+            yield ConfigIssue(
+                f"{where}.name", f"invalid header name {header.name!r}", code="bad_header_name"
+            )
         for key in ("value", "replacement"):
             text = getattr(header, key)
             if text is not None and any(c in text for c in "\r\n\0"):
-                yield ConfigIssue(f"{where}.{key}", "must not contain CR, LF or NUL characters")
+                yield ConfigIssue(
+                    f"{where}.{key}",
+                    "must not contain CR, LF or NUL characters",
+                    code="control_character",
+                )
         if header.action in ("add", "set") and header.value is None:
-            yield ConfigIssue(f"{where}.value", f"action {header.action!r} needs a 'value'")
+            yield ConfigIssue(
+                f"{where}.value", f"action {header.action!r} needs a 'value'", code="missing_value"
+            )
         if header.action == "replace":
             if header.pattern is None or header.replacement is None:
-                yield ConfigIssue(where, "action 'replace' needs 'pattern' and 'replacement'")
+                yield ConfigIssue(
+                    where,
+                    "action 'replace' needs 'pattern' and 'replacement'",
+                    code="replace_needs_pattern",
+                )
             else:
                 yield from _check_regex(header.pattern, f"{where}.pattern")
 
@@ -443,7 +517,7 @@ def _check_regex(pattern: str, at: str) -> Iterator[ConfigIssue]:
     try:
         re.compile(pattern)
     except re.error as exc:
-        yield ConfigIssue(at, f"invalid regular expression {pattern!r}: {exc}")
+        yield ConfigIssue(at, f"invalid regular expression {pattern!r}: {exc}", code="bad_regex")
 
 
 def _check_rate_limit(
@@ -451,7 +525,9 @@ def _check_rate_limit(
 ) -> Iterator[ConfigIssue]:
     if limit.enable_redis and not config.cluster.redis_url and "cluster" not in broken:
         yield ConfigIssue(
-            f"{at}.enable_redis", "shared counters need 'cluster.redis_url' to be set"
+            f"{at}.enable_redis",
+            "shared counters need 'cluster.redis_url' to be set",
+            code="redis_required",
         )
     user_keyed = any("User" in s for s in limit.strategies)
     if user_keyed and config.jwt is None and "jwt" not in broken:
@@ -460,6 +536,7 @@ def _check_rate_limit(
             "per-user limits key on the JWT 'sub', but no 'jwt' block is configured; "
             "requests will be keyed by client IP",
             W,
+            code="per_user_without_jwt",
         )
 
 
@@ -471,18 +548,24 @@ def _check_jwt(
             yield ConfigIssue(
                 f"routers[{index}].auth_required",
                 "route requires authentication but no 'jwt' block is configured",
+                code="auth_without_jwt",
             )
     if config.jwt is None:
         return
     secret = config.jwt.secret
     if not secret:
-        yield ConfigIssue("jwt.secret", "JWT secret cannot be empty")
+        yield ConfigIssue("jwt.secret", "JWT secret cannot be empty", code="weak_jwt_secret")
     elif secret.lower() in PLACEHOLDER_SECRETS:
-        yield ConfigIssue("jwt.secret", "JWT secret must be changed from its placeholder value")
+        yield ConfigIssue(
+            "jwt.secret",
+            "JWT secret must be changed from its placeholder value",
+            code="placeholder_jwt_secret",
+        )
     elif (size := len(secret.encode("utf-8", "surrogatepass"))) < MIN_JWT_SECRET_CHARS:
         yield ConfigIssue(
             "jwt.secret",
             f"JWT secret must be at least {MIN_JWT_SECRET_CHARS} characters, got {size}",
+            code="weak_jwt_secret",
         )
     elif any(marker in secret.lower() for marker in _PLACEHOLDER_MARKERS):
         yield ConfigIssue(
@@ -490,6 +573,7 @@ def _check_jwt(
             "JWT secret looks like a placeholder; use a random value from the environment "
             '("secret": "${JWT_SECRET}")',
             W,
+            code="placeholder_jwt_secret",
         )
 
 
@@ -498,7 +582,7 @@ def _check_server(config: GatewayConfig, broken: frozenset[str]) -> Iterator[Con
     ports = (("server.port", config.server.port, server), ("admin.port", config.admin.port, admin))
     for at, port, valid in ports:
         if valid and not 1 <= port <= 65535:
-            yield ConfigIssue(at, f"must be between 1 and 65535, got {port}")
+            yield ConfigIssue(at, f"must be between 1 and 65535, got {port}", code="bad_port")
     for i, proxy in enumerate(config.server.trusted_proxies if server else ()):
         try:
             ipaddress.ip_network(proxy, strict=False)
@@ -506,6 +590,7 @@ def _check_server(config: GatewayConfig, broken: frozenset[str]) -> Iterator[Con
             yield ConfigIssue(
                 f"server.trusted_proxies[{i}]",
                 f"must be an IP address or CIDR range like '10.0.0.0/8', got {proxy!r}",
+                code="bad_trusted_proxy",
             )
     if server and "cluster" not in broken and (workers := check_workers(config)) is not None:
         yield workers
@@ -514,12 +599,22 @@ def _check_server(config: GatewayConfig, broken: frozenset[str]) -> Iterator[Con
             "admin.host",
             f"admin listener on non-loopback host {config.admin.host!r} needs 'admin.token' "
             "(or KAIROS_ADMIN_TOKEN)",
+            code="admin_needs_token",
         )
     if admin and config.admin.token is not None and len(config.admin.token) < 16:
-        yield ConfigIssue("admin.token", "admin token is short; use at least 16 random chars", W)
+        yield ConfigIssue(
+            "admin.token",
+            "admin token is short; use at least 16 random chars",
+            W,
+            code="short_admin_token",
+        )
     same = (config.server.host, config.server.port) == (config.admin.host, config.admin.port)
     if server and admin and same:
-        yield ConfigIssue("admin.port", "the admin and proxy listeners cannot share an address")
+        yield ConfigIssue(
+            "admin.port",
+            "the admin and proxy listeners cannot share an address",
+            code="shared_listener_address",
+        )
 
 
 def check_workers(config: GatewayConfig) -> ConfigIssue | None:
@@ -535,11 +630,13 @@ def check_workers(config: GatewayConfig) -> ConfigIssue | None:
             "server.workers",
             f"workers = {workers} needs 'cluster.redis_url': in-memory rate limits and breakers "
             "would be per worker",
+            code="workers_need_redis",
         )
     return ConfigIssue(
         "server.workers",
         f"workers = {workers}: multi-worker cluster mode is not available in this release; "
         "run one worker per instance",
+        code="workers_unavailable",
     )
 
 
@@ -580,6 +677,7 @@ def _check_route_set(routers: Sequence[tuple[int, Router]]) -> Iterator[ConfigIs
             yield ConfigIssue(
                 f"routers[{index}].name",
                 f"duplicate route name {router.name!r} (also routers[{seen_names[router.name]}])",
+                code="duplicate_route_name",
             )
         seen_names.setdefault(router.name, index)
 
@@ -607,6 +705,7 @@ def _check_route_set(routers: Sequence[tuple[int, Router]]) -> Iterator[ConfigIs
             yield ConfigIssue(
                 f"routers[{b}].external_path",
                 f"duplicate route path {path_b!r} (same methods and hosts as routers[{a}])",
+                code="duplicate_route",
             )
         else:
             yield ConfigIssue(
@@ -614,6 +713,7 @@ def _check_route_set(routers: Sequence[tuple[int, Router]]) -> Iterator[ConfigIs
                 f"{path_b!r} conflicts with {path_a!r} "
                 f"(routers[{a}]): same shape, so routers[{a}] always wins",
                 W,
+                code="route_shadowed",
             )
     dynamic = [s for s in specs if s.external.param_names]
     if len(dynamic) > MANY_DYNAMIC_ROUTES:
@@ -621,10 +721,14 @@ def _check_route_set(routers: Sequence[tuple[int, Router]]) -> Iterator[ConfigIs
             "routers",
             f"{len(dynamic)} parameterised routes; matching stays fast, but consider grouping",
             W,
+            code="many_dynamic_routes",
         )
     if specs and len(dynamic) == len(specs):
         yield ConfigIssue(
-            "routers", "every route is parameterised; add static routes for hot endpoints", R
+            "routers",
+            "every route is parameterised; add static routes for hot endpoints",
+            R,
+            code="all_dynamic_routes",
         )
 
 
@@ -641,13 +745,23 @@ def _check_transport_security(routers: Sequence[tuple[int, Router]]) -> Iterator
     for host, where in plain.items():
         name = host.split("://", 1)[-1].split("/", 1)[0]
         if name in LOOPBACK_NAMES:
-            yield ConfigIssue(where, f"plain-HTTP backend on loopback ({host}); fine locally", R)
+            yield ConfigIssue(
+                where,
+                f"plain-HTTP backend on loopback ({host}); fine locally",
+                R,
+                code="plain_http_loopback",
+            )
         else:
-            yield ConfigIssue(where, f"plain-HTTP backend {host}: consider https://", W)
+            yield ConfigIssue(
+                where, f"plain-HTTP backend {host}: consider https://", W, code="plain_http"
+            )
     remote_plain = [h for h in plain if h.split("://", 1)[-1] not in LOOPBACK_NAMES]
     if remote_plain and not secure:
         yield ConfigIssue(
-            "routers", "every backend uses plain HTTP; consider HTTPS in production", R
+            "routers",
+            "every backend uses plain HTTP; consider HTTPS in production",
+            R,
+            code="plain_http",
         )
 
 
@@ -675,6 +789,7 @@ def _check_shared_breakers(
                 f"({_label(router)}) gets that breaker too. Give both routes the same "
                 "circuit_breaker, or set it on the first",
                 W,
+                code="breaker_ignored",
             )
 
 

@@ -199,6 +199,7 @@ def test_validate_json_document_of_an_invalid_config(tmp_path: Path) -> None:
     assert document["errors"] == [
         {
             "severity": "error",
+            "code": "bad_port",
             "path": "routers[0].backends[1].port",
             "line": line_of(path, '"port": 0'),
             "message": "must be between 1 and 65535, got 0",

@@ -402,7 +402,7 @@ def test_to_dict_is_json_with_the_documented_keys(state: RuntimeState) -> None:
         "query": "q=1&src=gw",
         "headers": [["X-Env", "prod"]],
     }
-    assert set(document["auth"]) == {"required", "outcome", "subject"}
+    assert set(document["auth"]) == {"required", "outcome", "subject", "accepted"}
     assert set(document["timeouts"]) == {"timeout_ms", "deadline_ms", "connect_timeout_ms"}
 
 

@@ -504,6 +504,7 @@ def test_the_design_example_error_reads_exactly_as_documented() -> None:
     )
     assert issue.to_dict() == {
         "severity": "error",
+        "code": "bad_port",
         "path": "routers[2].backends[0].port",
         "line": line,
         "message": "must be between 1 and 65535, got 0",
@@ -1584,3 +1585,20 @@ def test_unknown_key_is_located_on_its_own_line_whatever_its_spelling(key: str) 
     issue = only_error(text)
     assert issue.message.startswith("unknown key")
     assert issue.line == 5
+
+
+def test_every_issue_names_its_rule_with_a_stable_code() -> None:
+    """Programs act on ``code``, never on ``message`` text."""
+    document = {
+        "routers": [
+            {"name": "a", "external_path": "/x", "internal_path": "/x", "methods": ["GET"],
+             "backends": [{"host": "http://b", "port": 1}], "auth_requried": True},
+            {"name": "a", "external_path": "/x", "internal_path": "/x", "methods": ["GET"],
+             "backends": [{"host": "http://b", "port": 0}]},
+        ]
+    }  # fmt: skip
+    with pytest.raises(ConfigError) as raised:
+        parse_config(json.dumps(document), environ={})
+    codes = {issue.code for issue in raised.value.errors}
+    assert {"unknown_key", "duplicate_route_name", "duplicate_route", "bad_port"} <= codes
+    assert all(issue.code != "invalid" for issue in raised.value.issues)
