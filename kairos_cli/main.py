@@ -32,6 +32,7 @@ from kairos_core.config import (
     default_config_path,
     load_config,
 )
+from kairos_core.config import config_schema as schema_of_config
 from kairos_core.dryrun import DryRun, ask_live, plan_request
 from kairos_core.selection import BackendStates
 from kairos_core.state import RuntimeState, compile_state
@@ -339,7 +340,7 @@ def init(
 @config_app.command("schema")
 def config_schema() -> None:
     """Print the JSON Schema of config.json."""
-    _echo_json(GatewayConfig.model_json_schema(by_alias=True))
+    _echo_json(schema_of_config())
 
 
 def main() -> None:

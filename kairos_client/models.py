@@ -57,6 +57,15 @@ class Percentiles(_Wire):
     p99: float = 0.0
 
 
+class HealthCheck(_Wire):
+    """The active health check of a backend (``probed`` False: it has none)."""
+
+    probed: bool = False
+    consecutive_passes: int = 0
+    consecutive_failures: int = 0
+    last_error: str | None = None
+
+
 class CircuitInfo(_Wire):
     """One backend's breaker (``GET /api/circuits``).
 
@@ -74,6 +83,7 @@ class CircuitInfo(_Wire):
     in_flight: int = 0
     admitting: bool = True
     half_open_in_s: float = 0.0
+    health_check: HealthCheck = HealthCheck()
 
 
 class RouteMetrics(_Wire):
@@ -171,12 +181,32 @@ class MetricsHistory(_Wire):
     points: list[MetricsPoint] = Field(default_factory=list)
 
 
+class RoutePolicies(_Wire):
+    """What a route resolves to, as the gateway applies it: ``rate_limit`` describes the policy
+    in force (the global one when the route has none; ``rate_limit_scope`` says which), and
+    ``circuit_breaker_from`` names the route whose breaker policy guards its first backend."""
+
+    protocol: str = "http"
+    methods: list[str] = Field(default_factory=list)
+    load_balancing_strategy: str = "round_robin"
+    auth_required: bool = False
+    retry: bool = False
+    rate_limit: str | None = None
+    rate_limit_scope: Literal["route", "global"] | None = None
+    circuit_breaker_from: str = ""
+    ai_mode: str | None = None
+
+
 class RouteInfo(_Wire):
-    """A route as configured: its id, its position and its JSON as written in config.json."""
+    """A route: its id, its position, its JSON as written in config.json (secrets redacted),
+    the keys of its backends (``scheme://host:port``, primary and fallback) and its policies."""
 
     id: str
     index: int
     config: dict[str, Any]
+    backends: list[str] = Field(default_factory=list)
+    fallback: list[str] = Field(default_factory=list)
+    policies: RoutePolicies = RoutePolicies()
 
 
 class RouteList(_Wire):
@@ -290,18 +320,180 @@ class RouteTestRequest(_Wire):
     """Also show the AI prompt and, when the route has an LLM, ask it (as ``route-test --ai``)."""
 
 
-class RouteTest(_Wire):
-    """The dry run of one request on the running gateway (live breaker and health states).
+class PlanCandidate(_Wire):
+    """A backend of the route as selection sees it (``state``: ``unhealthy`` or the breaker's)."""
 
-    ``report`` is the whole plan, in the documented shape of ``kairos route-test --json``.
-    """
+    index: int
+    key: str
+    weight: int
+    state: str
+    eligible: bool
+    description: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+class PlanPick(_Wire):
+    pool: str
+    index: int
+    key: str
+    note: str
+
+
+class PlanAuth(_Wire):
+    required: bool
+    outcome: str
+    subject: str | None = None
+    accepted: bool = True
+
+
+class PlanLimitKey(_Wire):
+    strategy: str
+    key: str
+
+
+class PlanRateLimit(_Wire):
+    description: str
+    scope: str
+    keys: list[PlanLimitKey] = Field(default_factory=list)
+    capacity: int
+    window_type: str
+    window_duration_s: int
+    refill_per_second: float | None = None
+
+
+class PlanRetryStep(_Wire):
+    attempt: int
+    wait_ms: float
+    jitter: bool
+
+
+class PlanRetry(_Wire):
+    attempts: int
+    schedule: list[PlanRetryStep] = Field(default_factory=list)
+    retry_on_status_codes: list[int] = Field(default_factory=list)
+    retry_on_connection_error: bool
+    budget_percent: float
+    min_retries_per_second: float
+    max_replay_bytes: int
+    retry_non_idempotent: bool
+    applies: bool
+    note: str
+
+
+class PlanBreaker(_Wire):
+    failure_threshold: int
+    success_threshold: int
+    reset_timeout_s: float
+    half_open_max_calls: int
+    failure_status_codes: list[int] = Field(default_factory=list)
+    from_route: str
+    note: str
+
+
+class PlanTimeouts(_Wire):
+    timeout_ms: int
+    deadline_ms: int | None = None
+    connect_timeout_ms: int
+
+
+class PlanRequestParts(_Wire):
+    path: str
+    query: str
+    headers: list[tuple[str, str]] = Field(default_factory=list)
+
+
+class PlanRequestTransform(_Wire):
+    before: PlanRequestParts
+    after: PlanRequestParts
+
+
+class PlanStatusMapping(_Wire):
+    from_: int = Field(alias="from")
+    to: int
+    condition: str | None = None
+
+
+class PlanHeaderOp(_Wire):
+    action: str
+    name: str
+    value: str | None = None
+    pattern: str | None = None
+    replacement: str | None = None
+
+
+class PlanResponseTransform(_Wire):
+    status_code_mappings: list[PlanStatusMapping] = Field(default_factory=list)
+    headers: list[PlanHeaderOp] = Field(default_factory=list)
+
+
+class PlanAi(_Wire):
+    """The route's selector, its offline pick, and (asked with ``ai``) the prompt and the LLM's
+    live answer."""
+
+    enabled: bool
+    strategy: str
+    model: str | None = None
+    provider: str
+    mode: str
+    timeout_ms: int
+    cache_ttl_s: float
+    max_concurrent_calls: int
+    fallback_backend_index: int | None = None
+    note: str
+    source: str | None = None
+    reason: str | None = None
+    pick_index: int | None = None
+    prompt_system: str | None = None
+    prompt_user: str | None = None
+    live_index: int | None = None
+    live_reason: str | None = None
+    live_latency_ms: float | None = None
+    live_error: str | None = None
+
+
+class RouteTestReport(_Wire):
+    """Everything the gateway would decide about one request (``kairos route-test --json``)."""
+
+    method: str
+    path: str
+    query: str
+    host: str | None = None
+    client_ip: str
+    outcome: str
+    status: int | None = None
+    message: str = ""
+    route_id: str | None = None
+    external_path: str | None = None
+    internal_path: str | None = None
+    protocol: str | None = None
+    methods: list[str] = Field(default_factory=list)
+    params: dict[str, str] = Field(default_factory=dict)
+    upstream_path: str | None = None
+    upstream_url: str | None = None
+    allowed_methods: list[str] = Field(default_factory=list)
+    load_balancing_strategy: str | None = None
+    candidates: list[PlanCandidate] = Field(default_factory=list)
+    fallback: list[PlanCandidate] = Field(default_factory=list)
+    pick: PlanPick | None = None
+    auth: PlanAuth
+    rate_limit: PlanRateLimit | None = None
+    retry: PlanRetry | None = None
+    circuit_breaker: PlanBreaker | None = None
+    timeouts: PlanTimeouts | None = None
+    request_transform: PlanRequestTransform | None = None
+    response_transform: PlanResponseTransform | None = None
+    ai_policy: PlanAi | None = None
+
+
+class RouteTest(_Wire):
+    """The dry run of one request on the running gateway (live breaker and health states)."""
 
     outcome: str
     status: int | None = None
     message: str = ""
     route_id: str | None = None
     upstream_url: str | None = None
-    report: dict[str, Any] = Field(default_factory=dict)
+    report: RouteTestReport | None = None
 
 
 class ErrorBody(_Wire):

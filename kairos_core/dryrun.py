@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kairos_core.ai.prompt import InvalidAnswer
@@ -63,6 +63,7 @@ from kairos_core.selection import (
     is_candidate,
     pick,
 )
+from kairos_core.serial import plain
 from kairos_core.state import CompiledRoute, RuntimeState
 from kairos_core.transform import RequestParts
 
@@ -286,7 +287,7 @@ class DryRun:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of ``kairos route-test --json``."""
-        document: dict[str, Any] = _plain(self)
+        document: dict[str, Any] = plain(self)
         return document
 
 
@@ -728,14 +729,3 @@ def _ai_note(ai: AiRoute | None) -> str:
     elif ai.mode == "background":
         note += "; background mode: cached LLM answers route, else the fallback order"
     return note
-
-
-def _plain(value: Any) -> Any:
-    """Dataclasses → dicts (a trailing ``_`` dropped from field names), tuples → lists."""
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name.rstrip("_"): _plain(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [_plain(item) for item in value]
-    return value

@@ -70,7 +70,8 @@ class HealthChecker:
         status = self._status.get(backend)
         return status is None or status.healthy
 
-    def snapshot(self) -> dict[str, BackendHealth]:
+    def detail(self) -> dict[str, BackendHealth]:
+        """Each probed backend's check: healthy, consecutive passes and failures, last error."""
         return dict(self._status)
 
     async def stop(self) -> None:

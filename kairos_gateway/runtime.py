@@ -31,11 +31,12 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from kairos_core import __version__
+from kairos_core.admin import AdminService, VersionConflict, if_match_allows
 from kairos_core.config import (
     ConfigError,
     ConfigIssue,
@@ -82,9 +83,7 @@ class GatewayRuntime:
         self.shared.events.subscribe(self._count_event)
         state = compile_state(loaded, self.shared)
         self.pipeline = Pipeline(state, self.upstream, on_record=self._on_record)
-        # set by the admin app: async () -> dict, the data of `snapshot` events
-        self.snapshot_source: Callable[[], Awaitable[dict[str, Any]]] | None = None
-        self.event_streams = 0  # open /api/events connections; snapshots are built only for them
+        self.admin = AdminService(self)
         self.admin_host: str | None = None  # where the admin listener is bound (set by main)
         self.access_log = AccessLog(log_format)
         self.listening = False  # the proxy listener is bound (see mark_listening)
@@ -161,7 +160,7 @@ class GatewayRuntime:
         """
         async with self._reload_lock, _collector_paused():
             before = self.state.loaded
-            if if_match is not None and not _matches(if_match, before.version):
+            if if_match is not None and not if_match_allows(if_match, before.version):
                 raise VersionConflict(before.version)
             state = await asyncio.to_thread(self._build_edit, edit, before)
             loaded = state.loaded
@@ -309,11 +308,10 @@ class GatewayRuntime:
         while True:
             await asyncio.sleep(1 - time.time() % 1)
             self.refresh_gauges()
-            if self.snapshot_source is not None and self.event_streams > 0:
-                try:
-                    self.shared.events.publish("snapshot", await self.snapshot_source())
-                except Exception:
-                    log.exception("building the metrics snapshot failed")
+            try:
+                await self.admin.publish_snapshot()
+            except Exception:
+                log.exception("building the metrics snapshot failed")
 
     def _count_event(self, event: Event) -> None:
         if event.type == "ai_decision":
@@ -366,23 +364,6 @@ def log_config_issues(loaded: LoadedConfig) -> None:
     for issue in loaded.issues:
         level = logging.INFO if issue.severity is Severity.RECOMMENDATION else logging.WARNING
         config_log.log(level, "%s: %s", issue.severity, issue)
-
-
-class VersionConflict(Exception):
-    """``If-Match`` named a config version that is no longer current."""
-
-    def __init__(self, current: str) -> None:
-        super().__init__(f"config changed; current version is {current}")
-        self.current = current
-
-
-def _matches(if_match: str, version: str) -> bool:
-    """``If-Match`` against the current version: ``*``, quoted or bare, weak (``W/``) or not."""
-    for candidate in if_match.split(","):
-        tag = candidate.strip().removeprefix("W/").strip('"')
-        if tag in ("*", version):
-            return True
-    return False
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:

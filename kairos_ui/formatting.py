@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import BaseModel
+
 MISSING = "—"
 
 
@@ -98,7 +100,9 @@ def iso_time(timestamp: float | None) -> str:
 
 
 def pretty_json(value: Any) -> str:
-    """Indented JSON, keys in their original order."""
+    """Indented JSON, keys in their original order (a wire model as it travels)."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json", by_alias=True)
     return json.dumps(value, indent=2, ensure_ascii=False)
 
 

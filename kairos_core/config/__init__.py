@@ -19,6 +19,7 @@ from kairos_core.config.models import (
     RateLimitConfig,
     RetryConfig,
     Router,
+    config_schema,
 )
 from kairos_core.config.rules import route_ids
 
@@ -36,6 +37,7 @@ __all__ = [
     "RetryConfig",
     "Router",
     "Severity",
+    "config_schema",
     "default_config_path",
     "format_path",
     "load_config",

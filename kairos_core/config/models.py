@@ -451,3 +451,8 @@ class GatewayConfig(_Model):
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     health_check: HealthCheckConfig = HealthCheckConfig()
     cluster: ClusterConfig = ClusterConfig()
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of config.json (``kairos config schema``, ``GET /api/config/schema``)."""
+    return GatewayConfig.model_json_schema(by_alias=True)

@@ -39,7 +39,7 @@ class Flips:
         self.calls.append((backend, healthy))
         self.times.append(time.monotonic())
         assert self.checker is not None
-        status = self.checker.snapshot()[backend]
+        status = self.checker.detail()[backend]
         self.counters.append((status.consecutive_passes, status.consecutive_failures))
 
 
@@ -95,7 +95,7 @@ async def wait_for_probes(checker: HealthChecker, key: str, count: int) -> None:
     """Until ``count`` consecutive probes of ``key`` have been recorded (passes or failures)."""
 
     def done() -> bool:
-        status = checker.snapshot()[key]
+        status = checker.detail()[key]
         return max(status.consecutive_passes, status.consecutive_failures) >= count
 
     await wait_until(done, count * INTERVAL_S + TOLERANCE_S)
@@ -104,7 +104,7 @@ async def wait_for_probes(checker: HealthChecker, key: str, count: int) -> None:
 def test_a_backend_without_a_probe_is_always_healthy() -> None:
     checker = HealthChecker(AiohttpUpstream())
     assert checker.is_healthy("http://127.0.0.1:1")
-    assert checker.snapshot() == {}
+    assert checker.detail() == {}
 
 
 async def test_backends_start_healthy_and_the_first_probe_runs_at_once(
@@ -113,9 +113,9 @@ async def test_backends_start_healthy_and_the_first_probe_runs_at_once(
     slow = HealthCheckConfig(interval_s=30, timeout_ms=500, unhealthy_threshold=1)
     checker.configure({upstream.url: f"{upstream.url}/health"}, slow)
     assert checker.is_healthy(upstream.url), "healthy before any probe has answered"
-    await wait_until(lambda: checker.snapshot()[upstream.url].consecutive_passes == 1, 1.0)
+    await wait_until(lambda: checker.detail()[upstream.url].consecutive_passes == 1, 1.0)
     assert await probe_hits(upstream) == 1
-    status = checker.snapshot()[upstream.url]
+    status = checker.detail()[upstream.url]
     assert (status.url, status.healthy, status.last_error) == (
         f"{upstream.url}/health",
         True,
@@ -138,7 +138,7 @@ async def test_a_failing_backend_goes_unhealthy_within_threshold_intervals_and_c
     assert flips.calls == [(key, False)]
     assert flips.counters == [(0, 3)], "flipped at exactly unhealthy_threshold failures"
     assert flips.times[0] - failing_since >= 2 * INTERVAL_S - 0.05
-    assert checker.snapshot()[key].last_error == "status 503"
+    assert checker.detail()[key].last_error == "status 503"
 
     await control(upstream, health="ok")
     recovering_since = time.monotonic()
@@ -146,7 +146,7 @@ async def test_a_failing_backend_goes_unhealthy_within_threshold_intervals_and_c
     assert flips.calls == [(key, False), (key, True)]
     assert flips.counters[1] == (2, 0), "flipped at exactly healthy_threshold passes"
     assert flips.times[1] - recovering_since >= INTERVAL_S - 0.05
-    assert checker.snapshot()[key].last_error is None
+    assert checker.detail()[key].last_error is None
 
 
 async def test_on_change_is_called_once_per_flip(
@@ -177,8 +177,8 @@ async def test_fewer_failures_than_the_threshold_change_nothing(
     await control(upstream, health="fail")
     await wait_for_probes(checker, key, 4)
     await control(upstream, health="ok")
-    await wait_until(lambda: checker.snapshot()[key].consecutive_passes >= 1, 1.0)
-    assert checker.snapshot()[key].consecutive_failures == 0, "a pass resets the failures"
+    await wait_until(lambda: checker.detail()[key].consecutive_passes >= 1, 1.0)
+    assert checker.detail()[key].consecutive_failures == 0, "a pass resets the failures"
     assert checker.is_healthy(key)
     assert flips.calls == []
 
@@ -188,7 +188,7 @@ async def test_connection_refused_counts_as_a_failure(checker: HealthChecker, fl
     checker.configure({dead: f"{dead}/health"}, FAST)
     await wait_until(lambda: not checker.is_healthy(dead), 3 * INTERVAL_S + TOLERANCE_S)
     assert flips.calls == [(dead, False)]
-    assert checker.snapshot()[dead].last_error
+    assert checker.detail()[dead].last_error
 
 
 async def test_a_probe_over_timeout_ms_counts_as_a_failure(
@@ -202,7 +202,7 @@ async def test_a_probe_over_timeout_ms_counts_as_a_failure(
     elapsed = await wait_until(lambda: not checker.is_healthy(key), 2 * (0.1 + INTERVAL_S) + 0.5)
     assert elapsed < 1.0, "the probe is cut at timeout_ms, not left to run for 2 s"
     assert flips.calls == [(key, False)]
-    assert "100 ms" in (checker.snapshot()[key].last_error or "")
+    assert "100 ms" in (checker.detail()[key].last_error or "")
 
 
 @pytest.mark.parametrize("status", [200, 204, 301, 302, 304])
@@ -213,7 +213,7 @@ async def test_a_2xx_or_3xx_answer_is_a_pass(
     config = HealthCheckConfig(interval_s=INTERVAL_S, timeout_ms=200, unhealthy_threshold=1)
     checker.configure({key: f"{upstream.url}/_status/{status}"}, config)
     await wait_for_probes(checker, key, 2)
-    status_now = checker.snapshot()[key]
+    status_now = checker.detail()[key]
     assert status_now.healthy and status_now.consecutive_failures == 0
     assert status_now.last_error is None
     assert flips.calls == []
@@ -228,7 +228,7 @@ async def test_any_other_status_is_a_failure(
     checker.configure({key: f"{upstream.url}/_status/{status}"}, config)
     await wait_until(lambda: not checker.is_healthy(key), INTERVAL_S + TOLERANCE_S)
     assert flips.calls == [(key, False)]
-    assert checker.snapshot()[key].last_error == f"status {status}"
+    assert checker.detail()[key].last_error == f"status {status}"
 
 
 async def test_configure_without_a_target_drops_it_and_stops_probing_it(
@@ -239,7 +239,7 @@ async def test_configure_without_a_target_drops_it_and_stops_probing_it(
     checker.configure({key: f"{upstream.url}/health", dead: f"{dead}/health"}, FAST)
     await wait_until(lambda: not checker.is_healthy(dead), 1.0)
     checker.configure({dead: f"{dead}/health"}, FAST)
-    assert key not in checker.snapshot()
+    assert key not in checker.detail()
     assert checker.is_healthy(key), "a backend with no probe is healthy"
     await asyncio.sleep(INTERVAL_S / 2)
     probes = await probe_hits(upstream)
@@ -275,7 +275,7 @@ async def test_a_target_whose_probe_url_changes_starts_afresh(
     await wait_until(lambda: not checker.is_healthy(key), 1.0)
     checker.configure({key: f"{upstream.url}/health"}, FAST)
     assert checker.is_healthy(key)
-    assert checker.snapshot()[key].url == f"{upstream.url}/health"
+    assert checker.detail()[key].url == f"{upstream.url}/health"
     await wait_for_probes(checker, key, 2)
     assert checker.is_healthy(key)
 

@@ -38,8 +38,13 @@ def test_route_test_uses_live_breaker_state(setup: tuple[Gateway, Upstream, Upst
     with KairosClient(gateway.admin_url) as client:
         client.open_circuit(a.url)
         result = client.route_test("GET", "/api/users/7")
-        pick = result.report["pick"]
-        assert pick is not None and pick["key"] == b.url
+        assert result.report is not None
+        pick = result.report.pick
+        assert pick is not None and pick.key == b.url
+        assert [(c.key, c.state, c.eligible) for c in result.report.candidates] == [
+            (a.url, "open", False),
+            (b.url, "closed", True),
+        ]
         client.open_circuit(b.url)
         rejected = client.route_test("GET", "/api/users/7")
     assert (rejected.outcome, rejected.status) == ("circuit_open", 503)

@@ -140,6 +140,10 @@ def test_a_created_route_serves_at_once_and_is_persisted(
     assert_kept_other_keys(document, original)
 
 
+def backend_key(entry: dict[str, Any]) -> str:
+    return f"{entry['host'].rstrip('/')}:{entry['port']}"
+
+
 def test_list_and_get_show_routes_as_written(gateway: Gateway) -> None:
     with admin_of(gateway) as admin:
         listed = admin.get("/api/routes")
@@ -152,7 +156,10 @@ def test_list_and_get_show_routes_as_written(gateway: Gateway) -> None:
     assert [r["index"] for r in body["routes"]] == list(range(len(document["routers"])))
     assert body["config_version"] == gateway.config_version()
     assert one.status_code == 200, one.text
-    assert one.json() == {"id": "base", "index": 0, "config": document["routers"][0]}
+    route = one.json()
+    assert (route["id"], route["index"], route["config"]) == ("base", 0, document["routers"][0])
+    assert route["backends"] == [backend_key(document["routers"][0]["backends"][0])]
+    assert route["policies"]["circuit_breaker_from"] == "base"
     assert one.json()["config"]["_comment"] == "the base route"
     assert one.headers["etag"].strip('"') == body["config_version"]
 
@@ -167,7 +174,9 @@ def test_an_updated_route_switches_traffic_at_once(gateway: Gateway, upstreams: 
         response = admin.put("/api/routes/to-update", json=replacement)
 
     assert response.status_code == 200, response.text
-    assert response.json()["route"] == {"id": "to-update", "index": index, "config": replacement}
+    route = response.json()["route"]
+    assert (route["id"], route["index"], route["config"]) == ("to-update", index, replacement)
+    assert route["backends"] == [upstreams.b.url]
     assert proxy_get(gateway, "/to-update").headers["x-upstream"] == "b"
     document = on_disk(gateway)
     expected = copy.deepcopy(original["routers"])
