@@ -1602,3 +1602,20 @@ def test_every_issue_names_its_rule_with_a_stable_code() -> None:
     codes = {issue.code for issue in raised.value.errors}
     assert {"unknown_key", "duplicate_route_name", "duplicate_route", "bad_port"} <= codes
     assert all(issue.code != "invalid" for issue in raised.value.issues)
+
+
+@pytest.mark.parametrize("block", ["server", "admin"])
+@pytest.mark.parametrize("port", [0, 65536])
+def test_listener_ports_must_be_in_range(block: str, port: int) -> None:
+    document = {
+        block: {"port": port},
+        "routers": [
+            {"external_path": "/x", "internal_path": "/x", "methods": ["GET"],
+             "backends": [{"host": "http://b", "port": 1}]}
+        ],
+    }  # fmt: skip
+    with pytest.raises(ConfigError) as raised:
+        parse_config(json.dumps(document), environ={})
+    (error,) = raised.value.errors
+    assert (error.path, error.code) == (f"{block}.port", "bad_port")
+    assert error.message == f"must be between 1 and 65535, got {port}"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -450,3 +452,30 @@ def test_redact_query_hides_credential_parameters_only() -> None:
     assert redact_query("x=1&api_key=abc&access%5Ftoken=def&flag") == (
         f"x=1&api_key={REDACTED}&access%5Ftoken={REDACTED}&flag"
     )
+
+
+def test_write_atomically_syncs_the_file_before_the_rename_and_the_directory_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both fsyncs, in order: the new content is on disk before it replaces the old file, and
+    the rename itself is on disk before the write is reported done."""
+    path = tmp_path / "config.json"
+    path.write_text("{}")
+    happened: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        kind = "directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        happened.append(f"fsync {kind}")
+        real_fsync(fd)
+
+    def replace(source: Any, target: Any) -> None:
+        happened.append("rename")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+
+    write_atomically(path, document())
+
+    assert happened == ["fsync file", "rename", "fsync directory"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -18,6 +18,7 @@ from kairos_core.h1client import H1Upstream
 from kairos_core.health import HealthChecker
 from kairos_core.upstream import AiohttpUpstream, UpstreamClient
 from tests.support.procs import Upstream, free_port
+from tests.support.waiting import await_until
 
 INTERVAL_S = 0.1
 TOLERANCE_S = 0.5
@@ -81,16 +82,6 @@ async def probe_hits(upstream: Upstream, path: str = "/health") -> int:
     return sum(1 for entry in log if entry["path"] == path)
 
 
-async def wait_until(predicate: Callable[[], bool], timeout_s: float) -> float:
-    """Seconds until ``predicate()`` holds; fails the test after ``timeout_s``."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout_s:
-            pytest.fail(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(0.01)
-    return time.monotonic() - started
-
-
 async def wait_for_probes(checker: HealthChecker, key: str, count: int) -> None:
     """Until ``count`` consecutive probes of ``key`` have been recorded (passes or failures)."""
 
@@ -98,7 +89,7 @@ async def wait_for_probes(checker: HealthChecker, key: str, count: int) -> None:
         status = checker.detail()[key]
         return max(status.consecutive_passes, status.consecutive_failures) >= count
 
-    await wait_until(done, count * INTERVAL_S + TOLERANCE_S)
+    await await_until(done, count * INTERVAL_S + TOLERANCE_S)
 
 
 def test_a_backend_without_a_probe_is_always_healthy() -> None:
@@ -113,7 +104,7 @@ async def test_backends_start_healthy_and_the_first_probe_runs_at_once(
     slow = HealthCheckConfig(interval_s=30, timeout_ms=500, unhealthy_threshold=1)
     checker.configure({upstream.url: f"{upstream.url}/health"}, slow)
     assert checker.is_healthy(upstream.url), "healthy before any probe has answered"
-    await wait_until(lambda: checker.detail()[upstream.url].consecutive_passes == 1, 1.0)
+    await await_until(lambda: checker.detail()[upstream.url].consecutive_passes == 1, 1.0)
     assert await probe_hits(upstream) == 1
     status = checker.detail()[upstream.url]
     assert (status.url, status.healthy, status.last_error) == (
@@ -134,7 +125,7 @@ async def test_a_failing_backend_goes_unhealthy_within_threshold_intervals_and_c
 
     await control(upstream, health="fail")
     failing_since = time.monotonic()
-    await wait_until(lambda: not checker.is_healthy(key), 3 * INTERVAL_S + TOLERANCE_S)
+    await await_until(lambda: not checker.is_healthy(key), 3 * INTERVAL_S + TOLERANCE_S)
     assert flips.calls == [(key, False)]
     assert flips.counters == [(0, 3)], "flipped at exactly unhealthy_threshold failures"
     assert flips.times[0] - failing_since >= 2 * INTERVAL_S - 0.05
@@ -142,7 +133,7 @@ async def test_a_failing_backend_goes_unhealthy_within_threshold_intervals_and_c
 
     await control(upstream, health="ok")
     recovering_since = time.monotonic()
-    await wait_until(lambda: checker.is_healthy(key), 2 * INTERVAL_S + TOLERANCE_S)
+    await await_until(lambda: checker.is_healthy(key), 2 * INTERVAL_S + TOLERANCE_S)
     assert flips.calls == [(key, False), (key, True)]
     assert flips.counters[1] == (2, 0), "flipped at exactly healthy_threshold passes"
     assert flips.times[1] - recovering_since >= INTERVAL_S - 0.05
@@ -157,11 +148,11 @@ async def test_on_change_is_called_once_per_flip(
     await wait_for_probes(checker, key, 3)
     assert flips.calls == [], "passes on a healthy backend flip nothing"
     await control(upstream, health="fail")
-    await wait_until(lambda: not checker.is_healthy(key), 1.0)
+    await await_until(lambda: not checker.is_healthy(key), 1.0)
     await wait_for_probes(checker, key, 8)
     assert flips.calls == [(key, False)]
     await control(upstream, health="ok")
-    await wait_until(lambda: checker.is_healthy(key), 1.0)
+    await await_until(lambda: checker.is_healthy(key), 1.0)
     await wait_for_probes(checker, key, 6)
     assert flips.calls == [(key, False), (key, True)]
 
@@ -177,7 +168,7 @@ async def test_fewer_failures_than_the_threshold_change_nothing(
     await control(upstream, health="fail")
     await wait_for_probes(checker, key, 4)
     await control(upstream, health="ok")
-    await wait_until(lambda: checker.detail()[key].consecutive_passes >= 1, 1.0)
+    await await_until(lambda: checker.detail()[key].consecutive_passes >= 1, 1.0)
     assert checker.detail()[key].consecutive_failures == 0, "a pass resets the failures"
     assert checker.is_healthy(key)
     assert flips.calls == []
@@ -186,7 +177,7 @@ async def test_fewer_failures_than_the_threshold_change_nothing(
 async def test_connection_refused_counts_as_a_failure(checker: HealthChecker, flips: Flips) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     checker.configure({dead: f"{dead}/health"}, FAST)
-    await wait_until(lambda: not checker.is_healthy(dead), 3 * INTERVAL_S + TOLERANCE_S)
+    await await_until(lambda: not checker.is_healthy(dead), 3 * INTERVAL_S + TOLERANCE_S)
     assert flips.calls == [(dead, False)]
     assert checker.detail()[dead].last_error
 
@@ -199,7 +190,7 @@ async def test_a_probe_over_timeout_ms_counts_as_a_failure(
         interval_s=INTERVAL_S, timeout_ms=100, healthy_threshold=1, unhealthy_threshold=2
     )
     checker.configure({key: f"{upstream.url}/_slow?ms=2000"}, config)
-    elapsed = await wait_until(lambda: not checker.is_healthy(key), 2 * (0.1 + INTERVAL_S) + 0.5)
+    elapsed = await await_until(lambda: not checker.is_healthy(key), 2 * (0.1 + INTERVAL_S) + 0.5)
     assert elapsed < 1.0, "the probe is cut at timeout_ms, not left to run for 2 s"
     assert flips.calls == [(key, False)]
     assert "100 ms" in (checker.detail()[key].last_error or "")
@@ -226,7 +217,7 @@ async def test_any_other_status_is_a_failure(
     key = upstream.url
     config = HealthCheckConfig(interval_s=INTERVAL_S, timeout_ms=200, unhealthy_threshold=1)
     checker.configure({key: f"{upstream.url}/_status/{status}"}, config)
-    await wait_until(lambda: not checker.is_healthy(key), INTERVAL_S + TOLERANCE_S)
+    await await_until(lambda: not checker.is_healthy(key), INTERVAL_S + TOLERANCE_S)
     assert flips.calls == [(key, False)]
     assert checker.detail()[key].last_error == f"status {status}"
 
@@ -237,7 +228,7 @@ async def test_configure_without_a_target_drops_it_and_stops_probing_it(
     key = upstream.url
     dead = f"http://127.0.0.1:{free_port()}"
     checker.configure({key: f"{upstream.url}/health", dead: f"{dead}/health"}, FAST)
-    await wait_until(lambda: not checker.is_healthy(dead), 1.0)
+    await await_until(lambda: not checker.is_healthy(dead), 1.0)
     checker.configure({dead: f"{dead}/health"}, FAST)
     assert key not in checker.detail()
     assert checker.is_healthy(key), "a backend with no probe is healthy"
@@ -254,7 +245,7 @@ async def test_state_survives_a_reconfigure_for_targets_that_keep_their_probe(
     key = upstream.url
     checker.configure({key: f"{upstream.url}/health"}, FAST)
     await control(upstream, health="fail")
-    await wait_until(lambda: not checker.is_healthy(key), 1.0)
+    await await_until(lambda: not checker.is_healthy(key), 1.0)
     checker.configure({key: f"{upstream.url}/health"}, FAST)
     assert not checker.is_healthy(key)
     slower = HealthCheckConfig(
@@ -272,7 +263,7 @@ async def test_a_target_whose_probe_url_changes_starts_afresh(
 ) -> None:
     key = upstream.url
     checker.configure({key: f"{upstream.url}/_status/500"}, FAST)
-    await wait_until(lambda: not checker.is_healthy(key), 1.0)
+    await await_until(lambda: not checker.is_healthy(key), 1.0)
     checker.configure({key: f"{upstream.url}/health"}, FAST)
     assert checker.is_healthy(key)
     assert checker.detail()[key].url == f"{upstream.url}/health"

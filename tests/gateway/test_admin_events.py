@@ -48,13 +48,18 @@ class EventStream:
         assert self.response.status_code == 200
         assert self.response.headers["content-type"].startswith("text/event-stream")
         self._events: queue.Queue[SseEvent] = queue.Queue()
+        self._stop = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
+        """Read events until told to stop (checked at every line: the gateway sends a snapshot
+        each second), then close the response from this thread, the one reading it."""
         fields: dict[str, str] = {}
         with contextlib.suppress(httpx.HTTPError, RuntimeError, OSError, ValueError):
             for line in self.response.iter_lines():
+                if self._stop.is_set():
+                    break
                 if line == "":
                     if "data" in fields:
                         self._events.put(
@@ -99,10 +104,13 @@ class EventStream:
         return events
 
     def close(self) -> list[SseEvent]:
-        """Disconnect; the events received but not yet consumed."""
+        """Disconnect; the events received but not yet consumed. Fails the test, rather than
+        hanging it, when the reader does not stop."""
+        self._stop.set()
+        self._reader.join(timeout=5)
+        assert not self._reader.is_alive(), "the event stream reader did not stop within 5 s"
         self.response.close()
         self._client.close()
-        self._reader.join(timeout=5)
         left = []
         while not self._events.empty():
             left.append(self._events.get_nowait())

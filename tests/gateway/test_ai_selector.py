@@ -24,6 +24,7 @@ import pytest
 from tests.support.gateway import Gateway, backend
 from tests.support.llm import LlmStandIn
 from tests.support.pool import UpstreamPool
+from tests.support.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = REPO_ROOT / "tests" / "fixtures" / "kairos-rs" / "config_ai_test.json"
@@ -91,13 +92,6 @@ def decisions(gateway: Gateway) -> list[dict[str, Any]]:
     return list(reversed(body["decisions"]))  # oldest first
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 # --- the LLM decides ----------------------------------------------------------------------------
 
 
@@ -108,7 +102,7 @@ def test_the_backend_the_llm_chooses_receives_the_request(
     gateway = start(gateway_factory, ai_route(ups), ai=openai(fresh_llm))
     assert served_by(ask(gateway)) == "b"  # the heuristic alone would pick a (instant tier)
     assert ups["b"].hits() == 1 and ups["a"].hits() == 0
-    wait_for(lambda: len(decisions(gateway)) == 1)
+    wait_until(lambda: len(decisions(gateway)) == 1)
     (made,) = decisions(gateway)
     assert (made["source"], made["backend"], made["index"]) == ("llm", ups["b"].url, 1)
     assert (made["reason"], made["status"], made["mode"]) == ("needs the big model", 200, "inline")
@@ -233,7 +227,7 @@ def test_identical_concurrent_requests_share_one_call(
         servers = list(pool.map(lambda _: served_by(ask(gateway)), range(50)))
     assert servers == ["b"] * 50
     assert len(fresh_llm.calls()) == 1
-    wait_for(lambda: len(decisions(gateway)) == 50)
+    wait_until(lambda: len(decisions(gateway)) == 50)
     sources = [d["source"] for d in decisions(gateway)]
     assert set(sources) <= {"llm", "cache"} and sources.count("llm") > 1  # waiters shared it
 
@@ -280,7 +274,7 @@ def test_background_mode_adds_no_wait_and_later_requests_follow_the_llm(
         started = time.monotonic()
         assert served_by(ask(gateway)) == "a"  # the fallback order: the heuristic's instant tier
         assert time.monotonic() - started < 0.2
-    wait_for(lambda: len(fresh_llm.calls()) == 1 and served_by(ask(gateway)) == "b", 5)
+    wait_until(lambda: len(fresh_llm.calls()) == 1 and served_by(ask(gateway)) == "b", 5)
     assert served_by(ask(gateway)) == "b"
     sources = [d["source"] for d in decisions(gateway)]
     assert sources[:5] == ["fallback:pending"] * 5 and sources[-1] == "cache"
@@ -294,7 +288,7 @@ def test_shadow_mode_never_changes_routing_and_reports_agreement(
     gateway = start(gateway_factory, ai_route(ups, mode="shadow"), ai=openai(fresh_llm))
     servers = [served_by(ask(gateway, f"question {i}")) for i in range(10)]
     assert servers == ["a", "b"] * 5  # round robin, untouched by the LLM's opinion
-    wait_for(lambda: len(decisions(gateway)) == 10)
+    wait_until(lambda: len(decisions(gateway)) == 10)
     made = decisions(gateway)
     assert all(d["shadow"] and d["source"] == "llm" and d["backend"] == ups["b"].url for d in made)
     assert sum(d["agrees"] for d in made) == 5

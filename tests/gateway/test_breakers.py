@@ -23,10 +23,10 @@ import pytest
 from tests.support.gateway import Gateway, backend, route
 from tests.support.pool import UpstreamPool
 from tests.support.procs import free_port
+from tests.support.waiting import assert_fds_settle
 
 RESET_S = 1.0
 FD_TOLERANCE = 4
-FD_SETTLE_S = 0.5
 CLIENT_TIMEOUT_S = 5.0
 
 
@@ -45,11 +45,7 @@ class Watched:
         return self.gateway.url
 
     def assert_fds_back_to_baseline(self) -> None:
-        time.sleep(FD_SETTLE_S)
-        now = self.gateway.open_fds()
-        assert abs(now - self.baseline_fds) <= FD_TOLERANCE, (
-            f"gateway holds {now} fds, {self.baseline_fds} after warm-up"
-        )
+        assert_fds_settle(self.gateway, self.baseline_fds, FD_TOLERANCE)
 
 
 def start(

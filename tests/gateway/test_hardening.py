@@ -30,6 +30,7 @@ import pytest
 from tests.support.canned import CannedUpstream
 from tests.support.gateway import Gateway, route
 from tests.support.procs import Upstream
+from tests.support.waiting import wait_until
 
 GatewayFactory = Callable[..., Gateway]
 UpstreamFactory = Callable[[str], Upstream]
@@ -37,7 +38,6 @@ UpstreamFactory = Callable[[str], Upstream]
 BREAKER_OFF = {"failure_threshold": 1000}
 ADMIN_TOKEN = "hardening-admin-token-0123456789"  # 32 characters
 CLIENT_TIMEOUT_S = 10.0
-POLL_TIMEOUT_S = 5.0
 # UTF-8 text, and a latin-1 byte that is not UTF-8 at all: every byte must pass unchanged
 NON_ASCII_HEADERS = {
     b"x-name": "café".encode(),
@@ -86,15 +86,6 @@ def admin_client(gateway: Gateway, token: str | None = None) -> httpx.Client:
     return httpx.Client(
         base_url=gateway.admin_url, headers=headers, trust_env=False, timeout=CLIENT_TIMEOUT_S
     )
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = POLL_TIMEOUT_S) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 # --- Retry-After above max_backoff_ms ----------------------------------------------------------
@@ -189,7 +180,7 @@ def test_an_abandoned_request_is_logged_and_counted_as_499(
         lines = gateway.process.log_text().splitlines()
         return [line for line in lines if "kairos.access" in line and "path=/abandon" in line]
 
-    assert wait_until(lambda: bool(access_lines()), timeout_s=2.5), gateway.process.log_text()
+    wait_until(lambda: bool(access_lines()), 2.5, "the access log line")
     [line] = access_lines()
     assert "status=499" in line.split()
     assert "error=client_closed" in line.split()

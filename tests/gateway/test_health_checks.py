@@ -23,6 +23,7 @@ import pytest
 from tests.support.gateway import Gateway, backend, route
 from tests.support.pool import UpstreamPool
 from tests.support.procs import Upstream
+from tests.support.waiting import assert_fds_settle, wait_until
 
 INTERVAL_S = 0.3
 UNHEALTHY_THRESHOLD = 2
@@ -37,7 +38,6 @@ HEALTH_CHECK = {
     "healthy_threshold": HEALTHY_THRESHOLD,
 }
 FD_TOLERANCE = 4
-FD_SETTLE_S = 0.5
 CLIENT_TIMEOUT_S = 5.0
 
 StartGateway = Callable[..., Gateway]
@@ -59,11 +59,7 @@ class Watched:
             return one_off.get("/ready")
 
     def assert_fds_back_to_baseline(self) -> None:
-        time.sleep(FD_SETTLE_S)
-        now = self.gateway.open_fds()
-        assert abs(now - self.baseline_fds) <= FD_TOLERANCE, (
-            f"gateway holds {now} fds, {self.baseline_fds} after warm-up"
-        )
+        assert_fds_settle(self.gateway, self.baseline_fds, FD_TOLERANCE)
 
 
 @pytest.fixture
@@ -105,19 +101,6 @@ def traffic_hits(upstream: Upstream) -> int:
     return sum(1 for entry in upstream.hit_log() if entry["path"] != "/health")
 
 
-def wait_for(check: Callable[[], bool], within_s: float, what: str, *, streak: int = 1) -> float:
-    """Seconds until ``check()`` holds ``streak`` times in a row; fails after ``within_s``."""
-    started = time.monotonic()
-    seen = 0
-    while seen < streak:
-        seen = seen + 1 if check() else 0
-        if seen < streak:
-            if time.monotonic() - started > within_s:
-                pytest.fail(f"{what}: not within {within_s} s")
-            time.sleep(0.03)
-    return time.monotonic() - started
-
-
 def assert_no_healthy_backend(response: httpx.Response) -> None:
     assert response.status_code == 503, response.text
     assert served_by(response) is None, "the gateway answered, not a backend"
@@ -135,7 +118,7 @@ def test_a_backend_failing_its_probe_leaves_the_rotation_and_comes_back(
     assert {served_by(watched.get("/r")) for _ in range(4)} == {"a", "b"}
 
     a.control(health="fail")
-    wait_for(lambda: served_by(watched.get("/r")) == "b", OUT_WITHIN_S, "a left", streak=6)
+    wait_until(lambda: served_by(watched.get("/r")) == "b", OUT_WITHIN_S, "a left", streak=6)
     a.reset_hits()
     responses = [watched.get("/r") for _ in range(10)]
     assert [served_by(r) for r in responses] == ["b"] * 10
@@ -144,7 +127,7 @@ def test_a_backend_failing_its_probe_leaves_the_rotation_and_comes_back(
     assert watched.ready().json()["unroutable"] == [], "b still serves the route"
 
     a.control(health="ok")
-    wait_for(lambda: served_by(watched.get("/r")) == "a", BACK_WITHIN_S, "a came back")
+    wait_until(lambda: served_by(watched.get("/r")) == "a", BACK_WITHIN_S, "a came back")
     assert {served_by(watched.get("/r")) for _ in range(6)} == {"a", "b"}
     watched.assert_fds_back_to_baseline()
 
@@ -177,7 +160,7 @@ def test_every_backend_unhealthy_gives_503_no_healthy_backend_and_an_unroutable_
 
     a.control(health="fail")
     b.control(health="fail")
-    wait_for(
+    wait_until(
         lambda: watched.get("/r").status_code == 503, OUT_WITHIN_S, "no backend left", streak=3
     )
     a.reset_hits()
@@ -190,7 +173,7 @@ def test_every_backend_unhealthy_gives_503_no_healthy_backend_and_an_unroutable_
     assert (still_ready.json()["reasons"], still_ready.json()["unroutable"]) == ([], ["pair"])
 
     b.control(health="ok")
-    wait_for(lambda: watched.get("/r").status_code == 200, BACK_WITHIN_S, "b came back")
+    wait_until(lambda: watched.get("/r").status_code == 200, BACK_WITHIN_S, "b came back")
     assert watched.ready().json()["unroutable"] == []
     assert [served_by(watched.get("/r")) for _ in range(4)] == ["b"] * 4
     watched.assert_fds_back_to_baseline()
@@ -217,7 +200,7 @@ def test_fallback_backends_serve_while_every_primary_is_unhealthy(
 
     a.control(health="fail")
     b.control(health="fail")
-    wait_for(lambda: served_by(watched.get("/r")) == "c", OUT_WITHIN_S, "fallback serving")
+    wait_until(lambda: served_by(watched.get("/r")) == "c", OUT_WITHIN_S, "fallback serving")
     a.reset_hits()
     b.reset_hits()
     responses = [watched.get("/r") for _ in range(6)]
@@ -226,7 +209,7 @@ def test_fallback_backends_serve_while_every_primary_is_unhealthy(
     assert watched.ready().json()["unroutable"] == [], "the fallback is a candidate backend"
 
     a.control(health="ok")
-    wait_for(lambda: served_by(watched.get("/r")) == "a", BACK_WITHIN_S, "a came back")
+    wait_until(lambda: served_by(watched.get("/r")) == "a", BACK_WITHIN_S, "a came back")
     spare.reset_hits()
     assert [served_by(watched.get("/r")) for _ in range(4)] == ["a"] * 4
     assert traffic_hits(spare) == 0, "the fallback is idle again"
@@ -240,7 +223,7 @@ def test_health_state_survives_a_config_reload(
     config = {"routers": [route("/r", "/r", [], backends=[probed(a.url), probed(b.url)])]}
     watched = start(config, "/r")
     a.control(health="fail")
-    wait_for(lambda: served_by(watched.get("/r")) == "b", OUT_WITHIN_S, "a left", streak=6)
+    wait_until(lambda: served_by(watched.get("/r")) == "b", OUT_WITHIN_S, "a left", streak=6)
 
     gateway = watched.gateway
     version = gateway.config_version()

@@ -35,6 +35,7 @@ from kairos_cli.main import app as cli_app
 from tests.support.gateway import REPO_ROOT, Gateway, backend, route
 from tests.support.procs import Upstream, free_port, wait_for_port
 from tests.support.rawhttp import RawConnection
+from tests.support.waiting import settled_fds
 
 GatewayFactory = Callable[..., Gateway]
 UpstreamFactory = Callable[[str], Upstream]
@@ -81,16 +82,6 @@ def accepts(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def settled_fds(gateway: Gateway, baseline: int, timeout_s: float = 3.0) -> int:
-    """The gateway's open descriptors once back within tolerance of ``baseline`` (or at timeout)."""
-    deadline = time.monotonic() + timeout_s
-    count = gateway.open_fds()
-    while abs(count - baseline) > FD_TOLERANCE and time.monotonic() < deadline:
-        time.sleep(0.05)
-        count = gateway.open_fds()
-    return count
 
 
 def concurrent_gets(gateway: Gateway, paths: list[str], workers: int) -> list[int]:
@@ -523,7 +514,7 @@ def test_descriptors_return_to_baseline_after_a_burst(
     statuses = concurrent_gets(gateway, paths, workers)
 
     assert sorted(set(statuses)) == [200, 404]
-    after = settled_fds(gateway, baseline)
+    after = settled_fds(gateway, baseline, FD_TOLERANCE)
     assert abs(after - baseline) <= FD_TOLERANCE, f"{baseline} fds before, {after} after"
 
 
@@ -554,5 +545,5 @@ def test_descriptors_return_to_baseline_after_502_and_504(
     for path, status in [("/hang", 504), ("/deadline", 504), ("/reset", 502), ("/dead", 502)]:
         assert concurrent_gets(gateway, [path] * 10, 10) == [status] * 10, path
 
-    after = settled_fds(gateway, baseline)
+    after = settled_fds(gateway, baseline, FD_TOLERANCE)
     assert abs(after - baseline) <= FD_TOLERANCE, f"{baseline} fds before, {after} after"
