@@ -34,10 +34,11 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, get_args
+
+from kairos_core.config.models import BalancingStrategy
 
 __all__ = [
     "STRATEGIES",
@@ -53,7 +54,7 @@ __all__ = [
     "make_balancer",
 ]
 
-STRATEGIES: tuple[str, ...] = ("round_robin", "weighted", "least_connections", "random", "ip_hash")
+STRATEGIES: tuple[str, ...] = get_args(BalancingStrategy)
 
 
 class NoCandidates(Exception):
@@ -99,20 +100,16 @@ class InFlight:
     def snapshot(self) -> dict[str, int]:
         return dict(self._counts)
 
-    @contextmanager
-    def track(self, key: str) -> Iterator[None]:
-        """Count one request against ``key`` for the duration of the block, even on error."""
-        self.acquire(key)
-        try:
-            yield
-        finally:
-            self.release(key)
-
 
 class Balancer(Protocol):
-    """Picks one index out of ``candidates``: eligible backend indices, ascending, non-empty."""
+    """Picks one index out of ``candidates``: eligible backend indices, ascending, non-empty.
+
+    ``preview_note`` says how a dry run's pick (made on a fresh balancer) relates to the running
+    gateway's.
+    """
 
     name: str
+    preview_note: str
 
     def pick(self, candidates: Sequence[int], client_key: str | None = None) -> int: ...
 
@@ -126,6 +123,7 @@ class RoundRobin:
     """Strict rotation by backend index over the candidates, resuming after the last pick."""
 
     name = "round_robin"
+    preview_note = "first pick of a fresh rotation; the running gateway rotates"
 
     def __init__(self) -> None:
         self._last = -1
@@ -141,6 +139,7 @@ class SmoothWeighted:
     """nginx smooth weighted round robin: exact proportions, interleaved."""
 
     name = "weighted"
+    preview_note = "first pick of a fresh smooth weighted rotation; the running gateway rotates"
 
     def __init__(self, backends: Sequence[BackendRef]) -> None:
         self._weights = [backend.weight for backend in backends]
@@ -163,6 +162,7 @@ class LeastConnections:
     """Fewest in-flight requests wins; ties rotate round robin among the tied."""
 
     name = "least_connections"
+    preview_note = "fewest in-flight requests now; ties rotate"
 
     def __init__(self, backends: Sequence[BackendRef], in_flight: InFlight) -> None:
         self._keys = [backend.key for backend in backends]
@@ -180,6 +180,7 @@ class Random:
     """Weighted random draw over the candidates' weights, reproducible under ``seed``."""
 
     name = "random"
+    preview_note = "one weighted random draw; the running gateway draws per request"
 
     def __init__(self, backends: Sequence[BackendRef], seed: int | None = None) -> None:
         self._weights = [backend.weight for backend in backends]
@@ -195,6 +196,7 @@ class IpHash:
     """Weighted rendezvous hashing of ``client_key`` against backend keys (blake2b, stable)."""
 
     name = "ip_hash"
+    preview_note = "stable for this client IP"
 
     def __init__(self, backends: Sequence[BackendRef]) -> None:
         self._backends = tuple(backends)

@@ -85,14 +85,6 @@ __all__ = [
     "plan_request",
 ]
 
-_PICK_NOTES = {
-    "round_robin": "first pick of a fresh rotation; the running gateway rotates",
-    "weighted": "first pick of a fresh smooth weighted rotation; the running gateway rotates",
-    "least_connections": "fewest in-flight requests now; ties rotate",
-    "random": "one weighted random draw; the running gateway draws per request",
-    "ip_hash": "stable for this client IP",
-}
-
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
@@ -524,7 +516,7 @@ def _pick(
     # A fresh balancer: the dry run must not advance the route's shared rotation.
     balancer = make_balancer(strategy, refs, seed=0)
     index = pick(found, balancer, client_key=request.client_ip, choice=choice)
-    note = _PICK_NOTES[strategy]
+    note = balancer.preview_note
     if choice is not None and (choice.index == index or choice.among is not None):
         note = "the AI selector's offline pick (see ai_policy)"
     return Pick(pool=found.pool, index=index, key=found.backends[index].key, note=note)

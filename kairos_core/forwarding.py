@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Sequence
 
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Networks = tuple[Network, ...]
 HeaderLookup = Callable[[str], str | None]
@@ -96,3 +97,13 @@ def _forwarded_node(ip: str) -> str:
 
 def _is_token(value: str) -> bool:
     return value.isascii() and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in value)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback."""
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -47,9 +47,9 @@ from typing import cast
 
 import httptools
 
+from kairos_core.http import HeaderPairs
 from kairos_core.upstream import (
     AiohttpUpstream,
-    Headers,
     UpstreamError,
     UpstreamRequest,
     UpstreamResponse,
@@ -361,7 +361,7 @@ class H1Upstream:
         return _H1Response(self, request.origin, conn, request.read_timeout_s)
 
     async def connect_websocket(
-        self, url: str, headers: Headers, protocols: Sequence[str], connect_timeout_s: float
+        self, url: str, headers: HeaderPairs, protocols: Sequence[str], connect_timeout_s: float
     ) -> UpstreamWebSocket:
         return await self._websockets.connect_websocket(url, headers, protocols, connect_timeout_s)
 

@@ -29,6 +29,9 @@ from dataclasses import dataclass, field
 from kairos_core.websocket import UpstreamWebSocket
 
 Headers = list[tuple[str, str]]
+"""Ordered header pairs; names may repeat (two ``Set-Cookie``) and compare case-insensitively."""
+HeaderPairs = Sequence[tuple[str, str]]
+"""Header pairs as read, never changed."""
 
 HOP_BY_HOP = frozenset(
     {

@@ -346,10 +346,6 @@ class RouteTable(Generic[T]):
             else:
                 node.ends.append(candidate)
 
-    @property
-    def specs(self) -> tuple[RouteSpec[T], ...]:
-        return self._specs
-
     def __len__(self) -> int:
         return len(self._specs)
 

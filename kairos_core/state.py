@@ -28,7 +28,7 @@ from kairos_core.config.models import (
     RetryConfig,
     Router,
 )
-from kairos_core.config.rules import breaker_owners
+from kairos_core.config.rules import breaker_owners, route_spec
 from kairos_core.cors import CorsPolicy
 from kairos_core.errors import GatewayError
 from kairos_core.events import EventBus
@@ -36,7 +36,7 @@ from kairos_core.forwarding import Networks, parse_networks
 from kairos_core.health import HealthChecker
 from kairos_core.ratelimit import RateLimiter
 from kairos_core.retry import RetryBudget
-from kairos_core.routing import PathPattern, RouteSpec, RouteTable
+from kairos_core.routing import RouteSpec, RouteTable
 from kairos_core.selection import (
     BackendObservations,
     BackendStats,
@@ -227,17 +227,7 @@ def build_state(
     for index, (route_id, router) in enumerate(zip(ids, config.routers, strict=True)):
         route = _compile_route(config, router, route_id, index, shared.in_flight, environ)
         routes[route_id] = route
-        specs.append(
-            RouteSpec(
-                route_id=route_id,
-                external=PathPattern.parse(router.external_path),
-                internal=PathPattern.parse(router.internal_path),
-                methods=frozenset(router.methods),
-                hosts=tuple(h.lower() for h in router.hosts),
-                order=index,
-                payload=route,
-            )
-        )
+        specs.append(route_spec(router, route_id, index, route))
     owners = breaker_owners(enumerate(config.routers), config.circuit_breaker)
     jwt = JwtVerifier(config.jwt) if config.jwt is not None else None
     cors = CorsPolicy(config.cors) if config.cors is not None else None

@@ -66,10 +66,7 @@ from kairos_core.config.models import (
     RequestTransformation,
     ResponseTransformation,
 )
-from kairos_core.http import HEADER_NAME
-
-Headers = list[tuple[str, str]]
-"""Ordered header pairs; names may repeat and compare case-insensitively."""
+from kairos_core.http import HEADER_NAME, Headers
 
 _FORBIDDEN_VALUE_CHARS = ("\r", "\n", "\0")
 _RUST_CAP_NAME = re.compile(r"[A-Za-z0-9_]+")

@@ -31,10 +31,10 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from kairos_core.http import HeaderPairs
 from kairos_core.websocket import UpstreamWebSocket, WsMessage
 
 ErrorKind = Literal["connect", "timeout", "reset", "invalid"]
-Headers = Sequence[tuple[str, str]]
 CHUNK_BYTES = 64 * 1024
 
 
@@ -60,7 +60,7 @@ class UpstreamRequest:
     method: str
     origin: str
     target: str
-    headers: Headers
+    headers: HeaderPairs
     body: bytes | AsyncIterable[bytes] | None
     connect_timeout_s: float
     read_timeout_s: float
@@ -75,7 +75,7 @@ class UpstreamRequest:
         cls,
         method: str,
         url: str,
-        headers: Headers,
+        headers: HeaderPairs,
         body: bytes | AsyncIterable[bytes] | None,
         connect_timeout_s: float,
         read_timeout_s: float,
@@ -106,7 +106,7 @@ class UpstreamClient(Protocol):
     async def send(self, request: UpstreamRequest) -> UpstreamResponse: ...
 
     async def connect_websocket(
-        self, url: str, headers: Headers, protocols: Sequence[str], connect_timeout_s: float
+        self, url: str, headers: HeaderPairs, protocols: Sequence[str], connect_timeout_s: float
     ) -> UpstreamWebSocket: ...
 
     async def close(self) -> None: ...
@@ -227,7 +227,7 @@ class AiohttpUpstream:
         return _AiohttpResponse(response)
 
     async def connect_websocket(
-        self, url: str, headers: Headers, protocols: Sequence[str], connect_timeout_s: float
+        self, url: str, headers: HeaderPairs, protocols: Sequence[str], connect_timeout_s: float
     ) -> UpstreamWebSocket:
         session = self._get_session()
         timeout = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0)

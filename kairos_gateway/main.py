@@ -22,7 +22,7 @@ from sanic.server.socket import bind_socket
 
 from kairos_core import __version__
 from kairos_core.config import ConfigError, default_config_path, load_config
-from kairos_core.config.rules import is_loopback
+from kairos_core.forwarding import is_loopback
 from kairos_gateway.accesslog import BatchedStreamHandler
 from kairos_gateway.admin import build_admin_app
 from kairos_gateway.app import build_proxy_app

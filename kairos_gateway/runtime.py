@@ -45,9 +45,10 @@ from kairos_core.config import (
     load_config,
     validate_document,
 )
-from kairos_core.config.rules import is_loopback, restart_required
+from kairos_core.config.rules import restart_required
 from kairos_core.config.store import write_atomically
 from kairos_core.events import Event
+from kairos_core.forwarding import is_loopback
 from kairos_core.h1client import H1Upstream
 from kairos_core.metrics import Metrics
 from kairos_core.pipeline import Pipeline, RequestRecord

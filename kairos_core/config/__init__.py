@@ -20,8 +20,8 @@ from kairos_core.config.models import (
     RetryConfig,
     Router,
     config_schema,
+    route_ids,
 )
-from kairos_core.config.rules import route_ids
 
 __all__ = [
     "MAX_CONFIG_BYTES",

@@ -9,6 +9,8 @@ These models check shape, types and enums; the cross-field rules live in
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from functools import cached_property
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
@@ -456,3 +458,28 @@ class GatewayConfig(_Model):
 def config_schema() -> dict[str, Any]:
     """The JSON Schema of config.json (``kairos config schema``, ``GET /api/config/schema``)."""
     return GatewayConfig.model_json_schema(by_alias=True)
+
+
+def route_ids(routers: Sequence[Router]) -> list[str]:
+    """The id of each route: its ``name``, else a slug of its external path (``api-users-id``).
+
+    Derived ids that collide get ``-2``, ``-3``... in config order, so ids are stable as long as
+    the order of same-path routes is.
+    """
+    ids: list[str] = []
+    taken = {r.name for r in routers if r.name}
+    seen: dict[str, int] = {}
+    for router in routers:
+        if router.name:
+            ids.append(router.name)
+            continue
+        base = re.sub(r"[^A-Za-z0-9_]+", "-", router.external_path).strip("-").lower() or "root"
+        count = seen.get(base, 0) + 1
+        candidate = base if count == 1 else f"{base}-{count}"
+        while candidate in taken:
+            count += 1
+            candidate = f"{base}-{count}"
+        seen[base] = count
+        taken.add(candidate)
+        ids.append(candidate)
+    return ids

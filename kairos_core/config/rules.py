@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from kairos_core.ai.providers import PROVIDER_NAMES, resolve
 from kairos_core.config.errors import ConfigIssue, Severity
@@ -33,6 +34,7 @@ from kairos_core.config.models import (
     RetryConfig,
     Router,
 )
+from kairos_core.forwarding import LOOPBACK_NAMES, is_loopback
 from kairos_core.http import HEADER_NAME
 from kairos_core.routing import PathPattern, PatternError, RouteSpec, find_conflicts
 
@@ -54,34 +56,22 @@ PLACEHOLDER_SECRETS = frozenset(
 )
 _PLACEHOLDER_MARKERS = ("change-this", "change_this", "changeme", "your-", "example", "placeholder")
 BACKEND_SCHEMES = ("http", "https", "ws", "wss")
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 E, W, R = Severity.ERROR, Severity.WARNING, Severity.RECOMMENDATION
+T = TypeVar("T")
 
 
-def route_ids(routers: Sequence[Router]) -> list[str]:
-    """The id of each route: its ``name``, else a slug of its external path (``api-users-id``).
-
-    Derived ids that collide get ``-2``, ``-3``... in config order, so ids are stable as long as
-    the order of same-path routes is.
-    """
-    ids: list[str] = []
-    taken = {r.name for r in routers if r.name}
-    seen: dict[str, int] = {}
-    for router in routers:
-        if router.name:
-            ids.append(router.name)
-            continue
-        base = re.sub(r"[^A-Za-z0-9_]+", "-", router.external_path).strip("-").lower() or "root"
-        count = seen.get(base, 0) + 1
-        candidate = base if count == 1 else f"{base}-{count}"
-        while candidate in taken:
-            count += 1
-            candidate = f"{base}-{count}"
-        seen[base] = count
-        taken.add(candidate)
-        ids.append(candidate)
-    return ids
+def route_spec(router: Router, route_id: str, order: int, payload: T) -> RouteSpec[T]:
+    """What the route table knows of a router (raises :class:`PatternError` on a bad path)."""
+    return RouteSpec(
+        route_id=route_id,
+        external=PathPattern.parse(router.external_path),
+        internal=PathPattern.parse(router.internal_path),
+        methods=frozenset(router.methods),
+        hosts=tuple(h.lower() for h in router.hosts),
+        order=order,
+        payload=payload,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -659,15 +649,6 @@ def restart_required(started: GatewayConfig, new: GatewayConfig) -> list[str]:
     return [key for key, value in listener_settings(new).items() if before[key] != value]
 
 
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def _check_route_set(routers: Sequence[tuple[int, Router]]) -> Iterator[ConfigIssue]:
     seen_names: dict[str, int] = {}
     for index, router in routers:
@@ -685,17 +666,7 @@ def _check_route_set(routers: Sequence[tuple[int, Router]]) -> Iterator[ConfigIs
     specs: list[RouteSpec[int]] = []
     for index, router in routers:
         try:
-            specs.append(
-                RouteSpec(
-                    route_id=str(index),
-                    external=PathPattern.parse(router.external_path),
-                    internal=PathPattern.parse(router.internal_path),
-                    methods=frozenset(router.methods),
-                    hosts=tuple(h.lower() for h in router.hosts),
-                    order=index,
-                    payload=index,
-                )
-            )
+            specs.append(route_spec(router, str(index), index, index))
         except PatternError:
             continue  # reported by check_router_alone
     for first, second in find_conflicts(specs):

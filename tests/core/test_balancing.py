@@ -104,14 +104,6 @@ def test_in_flight_counts_and_never_goes_below_zero() -> None:
     assert (in_flight.get("b"), in_flight.total(), in_flight.snapshot()) == (0, 2, {"a": 2})
 
 
-def test_in_flight_track_releases_on_error() -> None:
-    in_flight = InFlight()
-    with pytest.raises(RuntimeError), in_flight.track("a"):
-        assert in_flight.get("a") == 1
-        raise RuntimeError
-    assert in_flight.get("a") == 0
-
-
 def test_least_connections_follows_in_flight() -> None:
     backends = refs(1, 1, 1)
     in_flight = InFlight()
