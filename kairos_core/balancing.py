@@ -36,9 +36,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, get_args
-
-from kairos_core.config.models import BalancingStrategy
+from typing import Literal, Protocol, get_args
 
 __all__ = [
     "STRATEGIES",
@@ -54,6 +52,8 @@ __all__ = [
     "make_balancer",
 ]
 
+BalancingStrategy = Literal["round_robin", "weighted", "least_connections", "random", "ip_hash"]
+"""The ``load_balancing_strategy`` names (the config schema takes them from here)."""
 STRATEGIES: tuple[str, ...] = get_args(BalancingStrategy)
 
 

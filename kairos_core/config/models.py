@@ -16,10 +16,10 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from kairos_core.balancing import BalancingStrategy
 from kairos_core.config.errors import unknown_key_message
 
 Protocol = Literal["http", "websocket"]
-BalancingStrategy = Literal["round_robin", "weighted", "least_connections", "random", "ip_hash"]
 WindowType = Literal["FixedWindow", "SlidingWindow", "TokenBucket"]
 SimpleLimitStrategy = Literal["PerIP", "PerUser", "PerRoute", "PerIPAndRoute", "PerUserAndRoute"]
 SIMPLE_LIMIT_STRATEGIES: tuple[str, ...] = get_args(SimpleLimitStrategy)
