@@ -213,18 +213,18 @@ class AdminApi:
                 await response.send(": kairos events\nretry: 1000\n\n")
                 replay = self.service.replay(request.headers.get("last-event-id"))
                 sent = replay[-1].id if replay else 0
-                for event in replay:
-                    await response.send(_sse(event))
+                for old in replay:
+                    await response.send(_sse(old))
                 while True:
                     try:
-                        event = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
+                        live = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
                     except TimeoutError:
                         await response.send(": keep-alive\n\n")
                         continue
-                    if event is None:
+                    if live is None:
                         break
-                    if event.id > sent:
-                        await response.send(_sse(event))
+                    if live.id > sent:
+                        await response.send(_sse(live))
                 await response.eof()
         finally:
             unsubscribe()
