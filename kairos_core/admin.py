@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, Protocol
 
 from kairos_core import __version__
@@ -55,7 +55,7 @@ from kairos_core.config.store import (
 )
 from kairos_core.dryrun import DryRun, ask_live, plan_request
 from kairos_core.events import Event
-from kairos_core.metrics import Metrics, Percentiles, Rates
+from kairos_core.metrics import BackendSummary, Metrics, RouteSummary, Summary
 from kairos_core.ratelimit import describe
 from kairos_core.selection import CircuitState
 from kairos_core.serial import plain
@@ -164,16 +164,9 @@ class CircuitInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class RouteMetrics:
-    route: str
-    requests_total: int
-    errors_total: int
-    requests_per_second: Rates
-    error_rate: float
-    latency_ms: Percentiles
-    status_classes: Mapping[str, int]
-    rate_limited_total: int
-    retries_total: int
+class RouteMetrics(RouteSummary):
+    """A route's figures and its policy flags."""
+
     auth_required: bool
     has_retry: bool
     has_rate_limit: bool
@@ -182,11 +175,9 @@ class RouteMetrics:
 
 
 @dataclass(frozen=True, slots=True)
-class BackendMetrics:
-    backend: str
-    requests_total: int
-    failures_total: int
-    latency_ms: Percentiles
+class BackendMetrics(BackendSummary):
+    """A backend's attempts and latency, with its in-flight count, health and breaker."""
+
     in_flight: int
     healthy: bool
     circuit: CircuitInfo
@@ -201,18 +192,10 @@ class AiMetrics:
 
 
 @dataclass(frozen=True, slots=True)
-class MetricsSnapshot:
-    requests_total: int
-    errors_total: int
-    requests_per_second: Rates
-    error_rate: float
-    latency_ms: Percentiles
-    overhead_ms: Percentiles
-    status_classes: Mapping[str, int]
+class MetricsSnapshot(Summary):
+    """The whole gateway at a glance: the summary, then the rest."""
+
     in_flight: int
-    rate_limited_total: int
-    retries_total: int
-    retry_budget_exhausted_total: int
     uptime_seconds: float
     config_version: str
     routes: tuple[RouteMetrics, ...]
@@ -313,25 +296,15 @@ class AdminService:
     def snapshot(self) -> MetricsSnapshot:
         control = self._control
         shared, metrics, state = control.shared, control.metrics, control.state
-        summary = metrics.summary()
         circuits = self.circuits()
         return MetricsSnapshot(
-            requests_total=summary.requests_total,
-            errors_total=summary.errors_total,
-            requests_per_second=summary.requests_per_second,
-            error_rate=summary.error_rate,
-            latency_ms=summary.latency_ms,
-            overhead_ms=summary.overhead_ms,
-            status_classes=summary.status_classes,
+            **_shallow(metrics.summary()),
             in_flight=shared.in_flight.total(),
-            rate_limited_total=summary.rate_limited_total,
-            retries_total=summary.retries_total,
-            retry_budget_exhausted_total=summary.retry_budget_exhausted_total,
             uptime_seconds=round(control.uptime_s, 3),
             config_version=state.version,
             routes=tuple(
                 RouteMetrics(
-                    **asdict(metrics.route_summary(route_id)),
+                    **_shallow(metrics.route_summary(route_id)),
                     auth_required=route.auth_required,
                     has_retry=route.retry is not None,
                     has_rate_limit=route.rate_limit is not None,
@@ -342,7 +315,7 @@ class AdminService:
             ),
             backends=tuple(
                 BackendMetrics(
-                    **asdict(metrics.backend_summary(circuit.backend)),
+                    **_shallow(metrics.backend_summary(circuit.backend)),
                     in_flight=circuit.in_flight,
                     healthy=circuit.healthy,
                     circuit=circuit,
@@ -586,6 +559,11 @@ class AdminService:
                 ai_mode=route.ai.mode if route.ai is not None else None,
             ),
         )
+
+
+def _shallow(value: Any) -> dict[str, Any]:
+    """A dataclass's fields, values as they are (to extend it into a subclass)."""
+    return {f.name: getattr(value, f.name) for f in fields(value)}
 
 
 def _scope(route: CompiledRoute) -> Literal["route", "global"]:
