@@ -2,10 +2,16 @@
 
 Sanic binds, accepts and runs the process; :class:`~kairos_gateway.proxy_protocol.ProxyProtocol`
 speaks HTTP/1.1 on every connection. The app starts and stops the runtime, and owns the shutdown
-signals: at SIGTERM or SIGINT ``runtime.draining`` becomes true at once (``/ready`` answers 503
-from then on, responses say ``Connection: close``), one INFO line says how many connections are
-drained for how long, then Sanic's graceful stop runs (idle connections close at once, requests
-in flight get up to ``server.graceful_shutdown_s``); one more line when the process exits.
+signals. At SIGTERM or SIGINT:
+
+1. ``runtime.draining`` becomes true at once: ``/ready`` answers 503 from then on, and every
+   response says ``Connection: close``; one INFO line says how many connections are drained;
+2. for ``server.shutdown_delay_s`` (0 by default) the proxy listener still accepts, so a load
+   balancer polling ``/ready`` stops sending before the listener closes (Traefik's
+   ``requestAcceptGraceTimeout``);
+3. the proxy listener stops accepting, idle connections close, and requests in flight get up to
+   ``server.graceful_shutdown_s`` to finish — the admin listener keeps answering all the while;
+4. then the process stops (what is left is cut) and one more line says how long it took.
 """
 
 from __future__ import annotations
@@ -44,16 +50,26 @@ def build_proxy_app(runtime: GatewayRuntime) -> Sanic[Any, Any]:
         if runtime.draining:
             return
         runtime.draining = True
-        grace_s = runtime.state.config.server.graceful_shutdown_s
-        app.config.GRACEFUL_SHUTDOWN_TIMEOUT = grace_s
+        server = runtime.state.config.server
         listener.drain_started_at = time.monotonic()
         log.info(
             "%s: draining %d connection(s), up to %g s",
             signal.Signals(signum).name,
             len(listener.connections),
-            grace_s,
+            server.shutdown_delay_s + server.graceful_shutdown_s,
         )
-        app.stop(terminate=False)
+        task = asyncio.get_running_loop().create_task(
+            drain_then_stop(server.shutdown_delay_s, server.graceful_shutdown_s)
+        )
+        app.ctx.drain_task = task  # kept referenced until the process stops
+
+    async def drain_then_stop(delay_s: float, grace_s: float) -> None:
+        try:
+            await asyncio.sleep(delay_s)
+            await listener.drain(grace_s)
+        finally:
+            app.config.GRACEFUL_SHUTDOWN_TIMEOUT = 0.5  # what is left (admin streams) is cut
+            app.stop(terminate=False)
 
     @app.before_server_start
     async def start(app: Sanic[Any, Any]) -> None:

@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         proxy_socket.close()
         raise
     runtime.mark_listening()  # both listeners are bound: /ready may say so
+    proxy.ctx.proxy_listener.socket = proxy_socket
     proxy.prepare(sock=proxy_socket, protocol=ProxyProtocol, single_process=True, motd=False)
     admin.prepare(sock=admin_socket, single_process=True, motd=False)
     logging.getLogger("kairos.gateway").info(

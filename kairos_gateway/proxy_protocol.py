@@ -59,8 +59,10 @@ calls ``abort``. Responses sent while the runtime is draining say ``Connection: 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import socket
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import Any, Final, cast
@@ -111,6 +113,33 @@ class ProxyListener:
         self.connections: set[Any] = set()
         self.drain_started_at: float | None = None
         self.cut_connections = 0
+        self.accepting = True  # False once a drain stops accepting: late connections are cut
+        self.socket: socket.socket | None = None  # the listening socket (set by main)
+        self.drained = asyncio.Event()  # set once, after stop_accepting, the last one is gone
+
+    def forget(self, connection: Any) -> None:
+        self.connections.discard(connection)
+        if not self.accepting and not self.connections:
+            self.drained.set()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop accepting, close idle connections, and wait (at most ``timeout_s``) for the
+        others to finish their responses."""
+        self.stop_accepting()
+        for connection in list(self.connections):
+            connection.close_if_idle()
+        if not self.connections:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.drained.wait(), timeout_s)
+
+    def stop_accepting(self) -> None:
+        """Close the listener to new connections: the socket stops listening (new ones are
+        refused by the kernel), and any accepted in the meantime is cut at once."""
+        self.accepting = False
+        if self.socket is not None:
+            with contextlib.suppress(OSError):
+                self.socket.shutdown(socket.SHUT_RDWR)
 
 
 class _Refusal(Exception):
@@ -297,6 +326,9 @@ class ProxyProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        if not self._listener.accepting:
+            transport.abort()
+            return
         self._transport = transport
         self._listener.connections.add(self)
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES, low=WRITE_BUFFER_LOW_BYTES)
@@ -347,7 +379,7 @@ class ProxyProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        self._listener.connections.discard(self)
+        self._listener.forget(self)
         self._drop_timer()
         self._wake_drain()
         exchange = self._exchange

@@ -398,6 +398,7 @@ class ServerConfig(_Model):
     connect_timeout_ms: int = Field(default=2000, ge=1)
     upstream_timeout_ms: int = Field(default=30000, ge=1)
     graceful_shutdown_s: float = Field(default=15.0, ge=0)
+    shutdown_delay_s: float = Field(default=0.0, ge=0, le=3600)
     trusted_proxies: tuple[str, ...] = ()
     security_headers: bool = True
     client_header_timeout_ms: int = Field(default=10_000, ge=1)

@@ -35,7 +35,7 @@ from kairos_cli.main import app as cli_app
 from tests.support.gateway import REPO_ROOT, Gateway, backend, route
 from tests.support.procs import Upstream, free_port, wait_for_port
 from tests.support.rawhttp import RawConnection
-from tests.support.waiting import settled_fds
+from tests.support.waiting import settled_fds, wait_until
 
 GatewayFactory = Callable[..., Gateway]
 UpstreamFactory = Callable[[str], Upstream]
@@ -488,6 +488,42 @@ def test_sigterm_closes_idle_connections_at_once_and_marks_answers_in_flight(
     assert "SIGTERM: draining 2 connection(s), up to 5 s" in log, log[-2000:]
     assert "stopped after" in log
     assert "Traceback" not in log
+
+
+def test_while_draining_ready_is_503_on_new_admin_connections_and_the_delay_keeps_accepting(
+    upstream: Upstream, gateway_factory: GatewayFactory
+) -> None:
+    gateway = gateway_factory(
+        {
+            "server": {"graceful_shutdown_s": 5, "shutdown_delay_s": 1.0},
+            "routers": [
+                route("/svc", "/svc", [upstream.url]),
+                route("/slow", "/_slow", [upstream.url], timeout_ms=5000),
+            ],
+        }
+    )
+    busy = RawConnection(gateway.port)
+    try:
+        busy.send(b"GET /slow?ms=2500 HTTP/1.1\r\nHost: gw\r\n\r\n")
+        wait_until(lambda: upstream.hits() >= 1, 5, "the slow request at the upstream")
+        signalled = time.monotonic()
+        os.kill(gateway.process.pid, signal.SIGTERM)
+        time.sleep(0.2)
+        ready = httpx.get(f"{gateway.admin_url}/ready", trust_env=False, timeout=2)
+        assert ready.status_code == 503 and "draining" in ready.json()["reasons"][0]
+        with gateway.client() as client:  # within shutdown_delay_s: still accepted
+            late = client.get("/svc")
+        assert late.status_code == 200 and late.headers["connection"] == "close"
+        time.sleep(max(0.0, signalled + 1.3 - time.monotonic()))
+        with pytest.raises((httpx.ConnectError, httpx.RemoteProtocolError)):  # closed after it
+            httpx.get(f"{gateway.url}/svc", trust_env=False, timeout=2)
+        still = httpx.get(f"{gateway.admin_url}/ready", trust_env=False, timeout=2)
+        assert still.status_code == 503  # the admin listener answers until the drain ends
+        assert busy.read_response().status == 200
+    finally:
+        busy.close()
+    wait_until(lambda: not gateway.process.running, 5, "the gateway to exit")
+    assert gateway.process.returncode == 0
 
 
 # --- file descriptors ---------------------------------------------------------------------------
