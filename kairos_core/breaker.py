@@ -142,6 +142,7 @@ class BackendBreaker:
         self._sink = sink
         self._trials = 0
         self._generation = 0  # bumped by every transition; outcomes from older ones are stale
+        self._state: State = _STATE_NAMES[self._breaker.current_state]  # kept by _transitioned
 
     def configure(self, policy: CircuitBreakerConfig) -> None:
         """Apply a new policy (after a reload) without losing the current state."""
@@ -152,14 +153,14 @@ class BackendBreaker:
 
     @property
     def state(self) -> State:
-        return _STATE_NAMES[self._breaker.current_state]
+        return self._state
 
     def is_failure_status(self, status: int) -> bool:
         return status in self.policy.failure_status_codes
 
     def admits(self) -> bool:
         """Would a request be let through now (no side effects)?"""
-        state = self.state
+        state = self._state
         if state == "closed":
             return True
         if state == "open" and not self._timeout_elapsed():
@@ -168,6 +169,8 @@ class BackendBreaker:
 
     def admit(self) -> Trial | None:
         """Let one attempt through, or None when the backend must be skipped."""
+        if self._state == "closed":
+            return Trial(self, False, self._generation)
         if not self.admits():
             return None
         if self.state == "open":
@@ -218,6 +221,7 @@ class BackendBreaker:
             self._trials -= 1
 
     def _transitioned(self, backend: str, old: State, new: State) -> None:
+        self._state = new
         self._generation += 1
         self._sink(backend, old, new)
 

@@ -17,9 +17,12 @@ Rules (DESIGN.md §2 step 1, §4):
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import re
 from collections.abc import Callable, Sequence
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Networks = tuple[Network, ...]
@@ -68,9 +71,7 @@ def forwarded_headers(
     sent_for = header("x-forwarded-for") if from_proxy else None
     sent_forwarded = header("forwarded") if from_proxy else None
     proto = (header("x-forwarded-proto") if from_proxy else None) or scheme
-    element = f"for={_forwarded_node(peer_ip if from_proxy else client)};proto={scheme}"
-    if host:
-        element += f';host="{host}"' if not _is_token(host) else f";host={host}"
+    element = _forwarded_element(peer_ip if from_proxy else client, scheme, host)
     out = [
         ("X-Forwarded-For", f"{sent_for}, {peer_ip}" if sent_for else client),
         ("X-Forwarded-Proto", proto),
@@ -80,6 +81,15 @@ def forwarded_headers(
     if host:
         out.append(("X-Forwarded-Host", host))
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _forwarded_element(node: str, scheme: str, host: str | None) -> str:
+    """One RFC 7239 element (kept for repeat clients: it is the same string every time)."""
+    element = f"for={_forwarded_node(node)};proto={scheme}"
+    if host:
+        element += f";host={host}" if _TOKEN.fullmatch(host) else f';host="{host}"'
+    return element
 
 
 def _is_ip(value: str) -> bool:
@@ -93,10 +103,6 @@ def _is_ip(value: str) -> bool:
 def _forwarded_node(ip: str) -> str:
     """RFC 7239 §6: IPv6 addresses are bracketed and quoted."""
     return f'"[{ip}]"' if ":" in ip else ip
-
-
-def _is_token(value: str) -> bool:
-    return value.isascii() and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in value)
 
 
 def is_loopback(host: str) -> bool:

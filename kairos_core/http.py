@@ -70,6 +70,8 @@ HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 """A valid header name: an RFC 9110 token."""
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_NAMES = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:\t[!#$%&'*+.^_`|~0-9A-Za-z-]+)*|")
+"""Header names joined by tabs, every one a token (the empty string: no header at all)."""
 
 SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
     ("X-Content-Type-Options", "nosniff"),
@@ -87,30 +89,30 @@ def header(headers: Sequence[tuple[str, str]], name: str) -> str | None:
     return None
 
 
-def strip_hop_by_hop(headers: Sequence[tuple[str, str]]) -> Headers:
-    """Drop hop-by-hop headers, including those named by ``Connection``."""
-    named = {
-        token.strip().lower()
-        for key, value in headers
-        if key.lower() == "connection"
-        for token in value.split(",")
-    }
+def strip_hop_by_hop(
+    headers: Sequence[tuple[str, str]], also: frozenset[str] = frozenset()
+) -> Headers:
+    """Drop hop-by-hop headers, including those named by ``Connection`` (and ``also``)."""
+    drop = HOP_BY_HOP | also if also else HOP_BY_HOP
+    for key, value in headers:
+        if key.lower() == "connection":
+            drop = drop | {token.strip().lower() for token in value.split(",")}
     return [
         (k, v)
         for k, v in headers
-        if (lower := k.lower()) not in HOP_BY_HOP
-        and lower not in named
-        and not lower.startswith("proxy-")
+        if (lower := k.lower()) not in drop and not lower.startswith("proxy-")
     ]
 
 
 def request_head_problem(headers: Sequence[tuple[str, str]], http_version: str) -> str | None:
     """Why the request head must be refused with 400 (rules in the module docstring), or None."""
     seen: set[str] = set()
+    names_ok = _NAMES.fullmatch("\t".join([name for name, _ in headers]))
+    values_ok = not _CONTROL.search("\t".join([value for _, value in headers]))
     for name, value in headers:
-        if not HEADER_NAME.fullmatch(name):
+        if not names_ok and not HEADER_NAME.fullmatch(name):
             return f"malformed header name {name!r}"
-        if _CONTROL.search(value):
+        if not values_ok and _CONTROL.search(value):
             return f"control character in header {name!r}"
         lower = name.lower()
         if lower in SINGLETON_REQUEST_HEADERS:
@@ -132,11 +134,10 @@ def forwardable_headers(
     headers: Sequence[tuple[str, str]], *, keep_underscores: bool = False
 ) -> Headers:
     """The client's headers the upstream may see, before the request transformation runs."""
-    return [
-        (k, v)
-        for k, v in strip_hop_by_hop(headers)
-        if k.lower() not in FORWARDED_HEADERS and (keep_underscores or "_" not in k)
-    ]
+    kept = strip_hop_by_hop(headers, FORWARDED_HEADERS)
+    if keep_underscores:
+        return kept
+    return [(k, v) for k, v in kept if "_" not in k]
 
 
 def without(headers: Sequence[tuple[str, str]], *names: str) -> Headers:

@@ -26,6 +26,7 @@ Reads return frozen dataclasses; the admin API maps them to its wire models.
 
 from __future__ import annotations
 
+import bisect
 import random
 import time
 from collections import deque
@@ -199,6 +200,26 @@ class HistoryPoint:
     in_flight: int
 
 
+_STATUS_CLASS = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+def _observe_all(histogram: Any, values: list[float]) -> None:
+    """``histogram.observe(v)`` for each of ``values``, each bucket and the sum incremented once.
+
+    prometheus-client has no bulk observe; this does what its ``Histogram.observe`` does (one
+    bucket per value, the first whose upper bound holds it, plus the sum), a batch at a time,
+    through the same value objects (so it works in its multiprocess mode too).
+    """
+    bounds = histogram._upper_bounds
+    counts = [0] * len(bounds)
+    for value in values:
+        counts[bisect.bisect_left(bounds, value)] += 1
+    histogram._sum.inc(sum(values))
+    for index, count in enumerate(counts):
+        if count:
+            histogram._buckets[index].inc(count)
+
+
 def percentiles(values: Iterable[float]) -> Percentiles:
     ordered = sorted(values)
     if not ordered:
@@ -320,39 +341,70 @@ class Metrics:
         pending, self._pending = self._pending, []
         if not pending:
             return
-        requests: dict[tuple[str, str, int], list[float]] = {}
+        durations: dict[tuple[str, str, int], list[float]] = {}
         overheads: list[float] = []
         upstream: dict[tuple[str, str], list[float]] = {}
         retries: dict[tuple[str, str], int] = {}
         budget: dict[str, int] = {}
         limited: dict[str, int] = {}
+        totals = self.totals
+        routes = self._routes
         for now, sample in pending:
             route = sample.route or "none"
-            requests.setdefault((route, sample.method, sample.status), []).append(sample.duration_s)
-            overhead_s = max(sample.overhead_s, 0.0)
+            status = sample.status
+            key = (route, sample.method, status)
+            seconds = sample.duration_s
+            in_key = durations.get(key)
+            if in_key is None:
+                durations[key] = [seconds]
+            else:
+                in_key.append(seconds)
+            overhead_s = sample.overhead_s if sample.overhead_s > 0 else 0.0
             overheads.append(overhead_s)
-            self._count(now, route, sample, overhead_s * 1000)
-            for reason in sample.retries:
-                retries[(route, reason)] = retries.get((route, reason), 0) + 1
+            error = status >= 500
+            status_class = _STATUS_CLASS[status // 100] if status < 600 else f"{status // 100}xx"
+            route_totals = routes.get(route)
+            if route_totals is None:
+                route_totals = routes[route] = _Totals()
+            for kept in (totals, route_totals):
+                kept.requests += 1
+                kept.errors += error
+                kept.status_classes[status_class] = kept.status_classes.get(status_class, 0) + 1
+            latency_ms = seconds * 1000
+            overhead_ms = overhead_s * 1000
+            self._window.current(now).add(latency_ms, overhead_ms, error, self._rng)
+            route_window = self._route_windows.get(route)
+            if route_window is None:
+                route_window = self._route_windows[route] = _Window(WINDOW_SECONDS + 2)
+            route_window.current(now).add(latency_ms, overhead_ms, error, self._rng)
+            if sample.retries:
+                for kept in (totals, route_totals):
+                    kept.retries += len(sample.retries)
+                for reason in sample.retries:
+                    retries[(route, reason)] = retries.get((route, reason), 0) + 1
             if sample.retry_budget_exhausted:
+                totals.budget_exhausted += 1
+                route_totals.budget_exhausted += 1
                 budget[route] = budget.get(route, 0) + 1
             if sample.rate_limited:
+                totals.rate_limited += 1
+                route_totals.rate_limited += 1
                 limited[route] = limited.get(route, 0) + 1
             for attempt in sample.attempts:
-                upstream.setdefault((attempt.backend, attempt.outcome), []).append(attempt.seconds)
+                by_outcome = upstream.get((attempt.backend, attempt.outcome))
+                if by_outcome is None:
+                    upstream[(attempt.backend, attempt.outcome)] = [attempt.seconds]
+                else:
+                    by_outcome.append(attempt.seconds)
                 self._count_attempt(now, attempt)
-        for key, durations in requests.items():
+        for key, values in durations.items():
             counter, histogram = self._children_for(key)
-            counter.inc(len(durations))
-            for seconds in durations:
-                histogram.observe(seconds)
-        for seconds in overheads:
-            self.overhead.observe(seconds)
+            counter.inc(len(values))
+            _observe_all(histogram, values)
+        _observe_all(self.overhead, overheads)
         for (backend, outcome), times in upstream.items():
             self.upstream.labels(backend, outcome).inc(len(times))
-            histogram = self.upstream_duration.labels(backend)
-            for seconds in times:
-                histogram.observe(seconds)
+            _observe_all(self.upstream_duration.labels(backend), times)
         for (route, reason), count in retries.items():
             self.retries.labels(route, reason).inc(count)
         for route, count in budget.items():
@@ -370,26 +422,15 @@ class Metrics:
             )
         return children
 
-    def _count(self, now: float, route: str, sample: RequestSample, overhead_ms: float) -> None:
-        error = sample.status >= 500
-        status_class = f"{sample.status // 100}xx"
-        latency_ms = sample.duration_s * 1000
-        for totals in (self.totals, self._routes.setdefault(route, _Totals())):
-            totals.requests += 1
-            totals.errors += error
-            totals.status_classes[status_class] = totals.status_classes.get(status_class, 0) + 1
-            totals.retries += len(sample.retries)
-            totals.rate_limited += sample.rate_limited
-            totals.budget_exhausted += sample.retry_budget_exhausted
-        self._window.current(now).add(latency_ms, overhead_ms, error, self._rng)
-        route_window = self._route_windows.setdefault(route, _Window(WINDOW_SECONDS + 2))
-        route_window.current(now).add(latency_ms, overhead_ms, error, self._rng)
-
     def _count_attempt(self, now: float, attempt: AttemptSample) -> None:
-        counts = self._backends.setdefault(attempt.backend, [0, 0])
+        counts = self._backends.get(attempt.backend)
+        if counts is None:
+            counts = self._backends[attempt.backend] = [0, 0]
         counts[0] += 1
         counts[1] += attempt.outcome not in ("success", "cancelled")
-        window = self._backend_windows.setdefault(attempt.backend, _Window(WINDOW_SECONDS + 2))
+        window = self._backend_windows.get(attempt.backend)
+        if window is None:
+            window = self._backend_windows[attempt.backend] = _Window(WINDOW_SECONDS + 2)
         window.current(now).add(attempt.seconds * 1000, 0.0, False, self._rng)
 
     def ai_decision(self, route: str, source: str, seconds: float) -> None:

@@ -55,12 +55,10 @@ from kairos_core.http import (
     Headers,
     ProxyRequest,
     ProxyResponse,
-    add_missing,
     forwardable_headers,
     header,
     request_head_problem,
     strip_hop_by_hop,
-    without,
 )
 from kairos_core.metrics import AttemptOutcome, AttemptSample, RequestSample
 from kairos_core.ratelimit import limit_keys
@@ -319,10 +317,6 @@ class Pipeline:
             ctx.summary = _summary(ctx, route, body)
             choice = await self._ai_choice(ctx, route)
         tried: set[str] = set()
-
-        async def attempt() -> _Outcome:
-            return await self._attempt(ctx, route, match, body, tried)
-
         outcome = await self._attempt(ctx, route, match, body, tried, choice)
         policy = route.retry
         if policy is None:
@@ -336,6 +330,9 @@ class Pipeline:
             idempotency_key=ctx.request.header("idempotency-key") is not None,
             policy=policy,
         )
+
+        async def attempt() -> _Outcome:
+            return await self._attempt(ctx, route, match, body, tried)
 
         def note_retry(reason: str, wait_s: float) -> None:
             ctx.record.retries.append(reason)
@@ -501,8 +498,11 @@ class Pipeline:
         in_flight.acquire(backend.key)
         started = time.perf_counter()
         try:
-            async with asyncio.timeout_at(_loop_deadline(ctx.deadline)):
+            if ctx.deadline is None:
                 response = await self._upstream.send(upstream_request)
+            else:
+                async with asyncio.timeout_at(_loop_deadline(ctx.deadline)):
+                    response = await self._upstream.send(upstream_request)
         except BaseException as exc:
             in_flight.release(backend.key)
             return self._failed_attempt(ctx, backend, trial, started, exc, body)
@@ -635,7 +635,8 @@ class Pipeline:
                 raise GatewayError(kind, exc.message) from exc
             finally:
                 await response.close()
-            return ProxyResponse(status, without(headers, "content-length"), body)
+            kept = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            return ProxyResponse(status, kept, body)
         return ProxyResponse(status, headers, _relay(response, ctx.record), on_close=response.close)
 
     def _error_response(self, ctx: _Context, error: GatewayError) -> ProxyResponse:
@@ -649,11 +650,15 @@ class Pipeline:
 
     def _finish(self, ctx: _Context, response: ProxyResponse) -> ProxyResponse:
         """Security headers and request id on every response; the record once the body is done."""
+        headers = response.headers
+        names = {k.lower() for k, _ in headers}
+        if "x-request-id" in names:
+            headers = [(k, v) for k, v in headers if k.lower() != "x-request-id"]
         if ctx.state.config.server.security_headers:
-            response.headers = add_missing(response.headers, SECURITY_HEADERS)
-        response.headers = without(response.headers, "x-request-id")
-        response.headers.extend(ctx.limit_headers)
-        response.headers.append(("X-Request-ID", ctx.record.request_id))
+            headers.extend(pair for pair in SECURITY_HEADERS if pair[0].lower() not in names)
+        headers.extend(ctx.limit_headers)
+        headers.append(("X-Request-ID", ctx.record.request_id))
+        response.headers = headers
         ctx.record.status = response.status
         ctx.record.head_s = time.perf_counter() - ctx.record.started
         inner = response.on_close

@@ -34,7 +34,9 @@ CLIENTS = 50
 RUN_S = 3.0
 DEADLINE_MS = 1500
 TIMEOUT_MS = 500
-ANSWER_BOUND_S = DEADLINE_MS / 1000 + 1.0
+# Every answer arrives within the deadline plus scheduling slack for 50 clients
+# sharing two cores with the test itself; a hang would blow far past it.
+ANSWER_BOUND_S = DEADLINE_MS / 1000 + 2.5
 FD_TOLERANCE = 12
 RSS_TOLERANCE_MIB = 40.0
 FD_SETTLE_S = 10.0
