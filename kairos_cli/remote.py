@@ -3,7 +3,7 @@
 ``kairos status``, ``kairos metrics [--json] [--watch] [--interval S]``, ``kairos routes``,
 ``kairos circuits [reset|open BACKEND]``, ``kairos reload`` and ``kairos decisions [--limit N]``
 talk to the admin API with :class:`kairos_client.KairosClient` only. Each takes ``--url``
-(``$KAIROS_ADMIN_URL``, default ``http://127.0.0.1:5901``) and ``--token``
+(``$KAIROS_ADMIN_URL``, default :data:`kairos_client.DEFAULT_BASE_URL`) and ``--token``
 (``$KAIROS_ADMIN_TOKEN``); the listing commands take ``--json`` to print the SDK's models.
 
 Exit codes: 0 ok; 1 the gateway answered with an error (an unknown backend, a rejected reload,
@@ -30,6 +30,7 @@ from rich.text import Text
 
 from kairos_cli.report import make_console
 from kairos_client import (
+    DEFAULT_BASE_URL,
     AiDecision,
     CircuitInfo,
     KairosAuthError,
@@ -38,6 +39,7 @@ from kairos_client import (
     KairosError,
     MetricsSnapshot,
     RouteInfo,
+    format_duration,
 )
 from kairos_client.models import Percentiles
 
@@ -53,7 +55,7 @@ app.add_typer(circuits_app, name="circuits")
 UrlOption = Annotated[
     str | None,
     typer.Option(
-        "--url", envvar="KAIROS_ADMIN_URL", help="Admin API URL (default http://127.0.0.1:5901)."
+        "--url", envvar="KAIROS_ADMIN_URL", help=f"Admin API URL (default {DEFAULT_BASE_URL})."
     ),
 ]
 TokenOption = Annotated[
@@ -115,7 +117,7 @@ def status(url: UrlOption = None, token: TokenOption = None) -> None:
         console.print(
             Text(
                 f"✓ {client.base_url}: {health.status} (kairos {health.version}, "
-                f"up {_duration(health.uptime_seconds)})",
+                f"up {format_duration(health.uptime_seconds)})",
                 style="bold green",
             )
         )
@@ -212,7 +214,7 @@ def _metrics_view(base_url: str, snapshot: MetricsSnapshot) -> RenderableType:
         "retries since start",
         f"{snapshot.retries_total:,} (budget exhausted {snapshot.retry_budget_exhausted_total:,})",
     )
-    totals.add_row("uptime", _duration(snapshot.uptime_seconds))
+    totals.add_row("uptime", format_duration(snapshot.uptime_seconds))
     totals.add_row("config version", snapshot.config_version or "-")
 
     routes = _table(title="routes (requests and errors since start)")
@@ -349,7 +351,7 @@ def circuits(
         return
     table = _table()
     for column in ("backend", "breaker", "failures", "health", "in flight", "opened", "half-open"):
-        table.add_column(column, no_wrap=column in ("backend", "breaker"))
+        table.add_column(column, no_wrap=column in ("backend", "breaker", "opened", "half-open"))
     now = time.time()
     for circuit in items:
         table.add_row(
@@ -511,20 +513,9 @@ def _count(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
-def _duration(seconds: float) -> str:
-    whole = int(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m {secs:02d}s"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{seconds:.1f}s"
-
-
 def _ago(timestamp: float | None, now: float) -> str:
-    return "-" if timestamp is None else f"{_duration(max(0.0, now - timestamp))} ago"
+    return "-" if timestamp is None else f"{format_duration(now - timestamp)} ago"
 
 
 def _in(timestamp: float | None, now: float) -> str:
-    return "-" if timestamp is None else f"in {_duration(max(0.0, timestamp - now))}"
+    return "-" if timestamp is None else f"in {format_duration(timestamp - now)}"
