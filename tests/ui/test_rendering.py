@@ -6,6 +6,7 @@ import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
 from kairos_client import AiDecision, RouteInfo
+from kairos_client.models import RouteTest
 from kairos_ui.forms import RouteForm
 from kairos_ui.rendering import Renderer
 from kairos_ui.schema import RouteChoices
@@ -149,3 +150,21 @@ def test_a_new_route_wears_its_badges_before_its_first_figures() -> None:
     badge = row.find(".//span[@class='badge badge-policy']")
     assert badge is not None
     assert (badge.text, badge.get("title")) == ("rate limit", "500 requests / 60 s (global policy)")
+
+
+def test_a_route_test_without_a_report_shows_the_outcome_and_the_request_asked() -> None:
+    result = RouteTest(outcome="not_found", status=404, message="no route matches")
+
+    html = Renderer().render(
+        "fragments/route_test.html",
+        result=result,
+        report=result.report,
+        method="GET",
+        path="/nowhere?x=1",
+        asked_ai=False,
+        csrf_token="t",
+    )
+
+    assert "not_found" in html and "no route matches" in html
+    assert "GET /nowhere?x=1" in html
+    assert "Full report" not in html
