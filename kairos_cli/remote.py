@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 from pydantic import BaseModel
@@ -292,11 +292,11 @@ def routes(url: UrlOption = None, token: TokenOption = None, as_json: JsonOption
         return
     table = _table()
     for column in ("id", "methods", "path", "backends", "features"):
-        table.add_column(column, no_wrap=column in ("id", "path"))
+        table.add_column(column, no_wrap=column in ("id", "path", "backends"))
     for route in items:
         table.add_row(
             route.id,
-            ", ".join(route.config.get("methods") or []),
+            ", ".join(route.policies.methods),
             str(route.config.get("external_path", "")),
             "\n".join(_route_backends(route)),
             ", ".join(_route_features(route)) or "-",
@@ -307,28 +307,24 @@ def routes(url: UrlOption = None, token: TokenOption = None, as_json: JsonOption
 
 
 def _route_backends(route: RouteInfo) -> list[str]:
-    config = route.config
-    entries: list[Any] = config.get("backends") or [config]
-    return [
-        f"{entry['host']}:{entry['port']}"
-        for entry in entries
-        if isinstance(entry, dict) and "host" in entry and "port" in entry
-    ]
+    """The backend keys the gateway gives, fallbacks marked."""
+    return [*route.backends, *(f"{key} (fallback)" for key in route.fallback)]
 
 
 def _route_features(route: RouteInfo) -> list[str]:
-    config = route.config
-    ai_policy = config.get("ai_policy")
-    return [
-        name
-        for name, on in (
-            ("auth", bool(config.get("auth_required"))),
-            ("retry", config.get("retry") is not None),
-            ("rate-limit", config.get("rate_limit") is not None),
-            ("ai", isinstance(ai_policy, dict) and bool(ai_policy.get("enabled"))),
-        )
-        if on
-    ]
+    """The policies in force as the gateway resolved them (a global rate limit included)."""
+    policies = route.policies
+    features = []
+    if policies.auth_required:
+        features.append("auth")
+    if policies.retry:
+        features.append("retry")
+    if policies.rate_limit is not None:
+        global_ = policies.rate_limit_scope == "global"
+        features.append("rate-limit (global)" if global_ else "rate-limit")
+    if policies.ai_mode is not None:
+        features.append(f"ai {policies.ai_mode}")
+    return features
 
 
 # --- circuits -----------------------------------------------------------------------------------
