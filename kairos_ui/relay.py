@@ -4,11 +4,10 @@
 
 - the *reader* seeds :class:`~kairos_ui.state.DashboardState` through the SDK (metrics, routes,
   config, the config schema the route form reads its choices from, AI decisions), then follows
-  ``events()``: ``snapshot`` → the live figures, ``circuit`` →
-  the transitions list, ``reload`` → the reload history, ``ai_decision`` → the decisions table,
-  ``route`` (or a snapshot carrying a new ``config_version``) → routes and config fetched again,
-  and the schema with them once per config version (and on every reconnection: the gateway may
-  have been upgraded).
+  ``events()``: ``snapshot`` → the live figures, ``circuit`` → the transitions list, ``reload`` →
+  the reload history, ``ai_decision`` → the decisions table, ``route`` (or a snapshot carrying a
+  new ``config_version``) → routes and config fetched again, with the schema once per config
+  version (and on every reconnection: the gateway may have been upgraded).
   When the gateway cannot be reached, refuses the token or ends the stream, the banner part says so
   and the reader tries again after a backoff (0.5 s doubling to ``max_backoff_s``, back to 0.5 s
   once connected). It resumes with ``Last-Event-ID``, so no transition is missed across a blip;
