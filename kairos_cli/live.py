@@ -18,7 +18,6 @@ from kairos_client import (
 )
 from kairos_core.selection import BackendSnapshot, SnapshotStates
 
-DEFAULT_ADMIN_URL = "http://127.0.0.1:5901"
 TIMEOUT_S = 5.0
 
 

@@ -20,8 +20,9 @@ from urllib.parse import urlsplit
 import typer
 
 from kairos_cli import remote
-from kairos_cli.live import DEFAULT_ADMIN_URL, LiveStateError, fetch_backend_states
+from kairos_cli.live import LiveStateError, fetch_backend_states
 from kairos_cli.report import make_console, print_dry_run, print_invalid, print_valid
+from kairos_client import DEFAULT_BASE_URL
 from kairos_core import __version__
 from kairos_core.config import (
     ConfigError,
@@ -215,7 +216,7 @@ def route_test(
     ] = False,
     url: Annotated[
         str, typer.Option("--url", envvar="KAIROS_ADMIN_URL", help="Admin API, for --live.")
-    ] = DEFAULT_ADMIN_URL,
+    ] = DEFAULT_BASE_URL,
     admin_token: Annotated[
         str | None,
         typer.Option(

@@ -3,7 +3,7 @@
 ``kairos status``, ``kairos metrics [--json] [--watch] [--interval S]``, ``kairos routes``,
 ``kairos circuits [reset|open BACKEND]``, ``kairos reload`` and ``kairos decisions [--limit N]``
 talk to the admin API with :class:`kairos_client.KairosClient` only. Each takes ``--url``
-(``$KAIROS_ADMIN_URL``, default ``http://127.0.0.1:5901``) and ``--token``
+(``$KAIROS_ADMIN_URL``, default :data:`kairos_client.DEFAULT_BASE_URL`) and ``--token``
 (``$KAIROS_ADMIN_TOKEN``); the listing commands take ``--json`` to print the SDK's models.
 
 Exit codes: 0 ok; 1 the gateway answered with an error (an unknown backend, a rejected reload,
@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 from pydantic import BaseModel
@@ -30,6 +30,7 @@ from rich.text import Text
 
 from kairos_cli.report import make_console
 from kairos_client import (
+    DEFAULT_BASE_URL,
     AiDecision,
     CircuitInfo,
     KairosAuthError,
@@ -38,6 +39,7 @@ from kairos_client import (
     KairosError,
     MetricsSnapshot,
     RouteInfo,
+    format_duration,
 )
 from kairos_client.models import Percentiles
 
@@ -53,7 +55,7 @@ app.add_typer(circuits_app, name="circuits")
 UrlOption = Annotated[
     str | None,
     typer.Option(
-        "--url", envvar="KAIROS_ADMIN_URL", help="Admin API URL (default http://127.0.0.1:5901)."
+        "--url", envvar="KAIROS_ADMIN_URL", help=f"Admin API URL (default {DEFAULT_BASE_URL})."
     ),
 ]
 TokenOption = Annotated[
@@ -115,7 +117,7 @@ def status(url: UrlOption = None, token: TokenOption = None) -> None:
         console.print(
             Text(
                 f"✓ {client.base_url}: {health.status} (kairos {health.version}, "
-                f"up {_duration(health.uptime_seconds)})",
+                f"up {format_duration(health.uptime_seconds)})",
                 style="bold green",
             )
         )
@@ -212,7 +214,7 @@ def _metrics_view(base_url: str, snapshot: MetricsSnapshot) -> RenderableType:
         "retries since start",
         f"{snapshot.retries_total:,} (budget exhausted {snapshot.retry_budget_exhausted_total:,})",
     )
-    totals.add_row("uptime", _duration(snapshot.uptime_seconds))
+    totals.add_row("uptime", format_duration(snapshot.uptime_seconds))
     totals.add_row("config version", snapshot.config_version or "-")
 
     routes = _table(title="routes (requests and errors since start)")
@@ -290,11 +292,11 @@ def routes(url: UrlOption = None, token: TokenOption = None, as_json: JsonOption
         return
     table = _table()
     for column in ("id", "methods", "path", "backends", "features"):
-        table.add_column(column, no_wrap=column in ("id", "path"))
+        table.add_column(column, no_wrap=column in ("id", "path", "backends"))
     for route in items:
         table.add_row(
             route.id,
-            ", ".join(route.config.get("methods") or []),
+            ", ".join(route.policies.methods),
             str(route.config.get("external_path", "")),
             "\n".join(_route_backends(route)),
             ", ".join(_route_features(route)) or "-",
@@ -305,28 +307,24 @@ def routes(url: UrlOption = None, token: TokenOption = None, as_json: JsonOption
 
 
 def _route_backends(route: RouteInfo) -> list[str]:
-    config = route.config
-    entries: list[Any] = config.get("backends") or [config]
-    return [
-        f"{entry['host']}:{entry['port']}"
-        for entry in entries
-        if isinstance(entry, dict) and "host" in entry and "port" in entry
-    ]
+    """The backend keys the gateway gives, fallbacks marked."""
+    return [*route.backends, *(f"{key} (fallback)" for key in route.fallback)]
 
 
 def _route_features(route: RouteInfo) -> list[str]:
-    config = route.config
-    ai_policy = config.get("ai_policy")
-    return [
-        name
-        for name, on in (
-            ("auth", bool(config.get("auth_required"))),
-            ("retry", config.get("retry") is not None),
-            ("rate-limit", config.get("rate_limit") is not None),
-            ("ai", isinstance(ai_policy, dict) and bool(ai_policy.get("enabled"))),
-        )
-        if on
-    ]
+    """The policies in force as the gateway resolved them (a global rate limit included)."""
+    policies = route.policies
+    features = []
+    if policies.auth_required:
+        features.append("auth")
+    if policies.retry:
+        features.append("retry")
+    if policies.rate_limit is not None:
+        global_ = policies.rate_limit_scope == "global"
+        features.append("rate-limit (global)" if global_ else "rate-limit")
+    if policies.ai_mode is not None:
+        features.append(f"ai {policies.ai_mode}")
+    return features
 
 
 # --- circuits -----------------------------------------------------------------------------------
@@ -349,7 +347,7 @@ def circuits(
         return
     table = _table()
     for column in ("backend", "breaker", "failures", "health", "in flight", "opened", "half-open"):
-        table.add_column(column, no_wrap=column in ("backend", "breaker"))
+        table.add_column(column, no_wrap=column in ("backend", "breaker", "opened", "half-open"))
     now = time.time()
     for circuit in items:
         table.add_row(
@@ -511,20 +509,9 @@ def _count(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
-def _duration(seconds: float) -> str:
-    whole = int(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m {secs:02d}s"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{seconds:.1f}s"
-
-
 def _ago(timestamp: float | None, now: float) -> str:
-    return "-" if timestamp is None else f"{_duration(max(0.0, now - timestamp))} ago"
+    return "-" if timestamp is None else f"{format_duration(now - timestamp)} ago"
 
 
 def _in(timestamp: float | None, now: float) -> str:
-    return "-" if timestamp is None else f"in {_duration(max(0.0, timestamp - now))}"
+    return "-" if timestamp is None else f"in {format_duration(timestamp - now)}"

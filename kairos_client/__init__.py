@@ -6,12 +6,15 @@
 
 :class:`KairosClient` is synchronous, :class:`AsyncKairosClient` has the same methods as
 coroutines. Answers are the frozen models of :mod:`kairos_client.models`; failures are
-:class:`KairosError` subclasses.
+:class:`KairosError` subclasses. :data:`DEFAULT_BASE_URL` is the admin API a client reaches
+when given no URL and ``$KAIROS_ADMIN_URL`` is unset; :func:`format_duration` is how a duration
+reads to a person, in the CLI and the dashboard alike.
 """
 
 from . import models
-from ._client import AsyncKairosClient, KairosClient
+from ._client import DEFAULT_BASE_URL, AsyncKairosClient, KairosClient
 from ._errors import KairosAPIError, KairosAuthError, KairosConnectionError, KairosError
+from ._format import format_duration
 from .models import (
     AiDecision,
     CircuitInfo,
@@ -29,6 +32,7 @@ from .models import (
 )
 
 __all__ = [
+    "DEFAULT_BASE_URL",
     "AiDecision",
     "AsyncKairosClient",
     "CircuitInfo",
@@ -48,5 +52,6 @@ __all__ = [
     "RouteInfo",
     "ValidationIssue",
     "ValidationResult",
+    "format_duration",
     "models",
 ]

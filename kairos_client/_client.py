@@ -22,7 +22,7 @@ from typing import Any, Generic, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ._errors import (
     KairosAPIError,
@@ -86,6 +86,13 @@ def _model(model: type[M]) -> Callable[[bytes], M]:
 
 def _text(content: bytes) -> str:
     return content.decode("utf-8")
+
+
+_JSON_OBJECT = TypeAdapter(dict[str, Any])
+
+
+def _json_document(content: bytes) -> dict[str, Any]:
+    return _JSON_OBJECT.validate_json(content)
 
 
 def _segment(value: str) -> str:
@@ -185,6 +192,10 @@ class _Api:
     @staticmethod
     def config() -> _Call[ConfigDocument]:
         return _Call("GET", "/api/config", _model(ConfigDocument), "ConfigDocument")
+
+    @staticmethod
+    def config_schema() -> _Call[dict[str, Any]]:
+        return _Call("GET", "/api/config/schema", _json_document, "JSON Schema")
 
     @staticmethod
     def put_config(config: Mapping[str, Any], if_match: str | None) -> _Call[ReloadResult]:
@@ -513,6 +524,16 @@ class KairosClient(_BaseClient):
         """
         return self._send(_Api.config())
 
+    def config_schema(self) -> dict[str, Any]:
+        """``GET /api/config/schema``: the JSON Schema of config.json (``kairos config schema``),
+        the accepted keys, values and defaults for editors and forms.
+
+        >>> router = client.config_schema()["$defs"]["Router"]["properties"]
+        >>> router["load_balancing_strategy"]["enum"]
+        ['round_robin', 'weighted', 'least_connections', 'random', 'ip_hash']
+        """
+        return self._send(_Api.config_schema())
+
     def put_config(self, config: Mapping[str, Any], *, if_match: str | None = None) -> ReloadResult:
         """``PUT /api/config``: replace the whole config, applied at once and written to its file.
 
@@ -748,6 +769,10 @@ class AsyncKairosClient(_BaseClient):
     async def config(self) -> ConfigDocument:
         """See :meth:`KairosClient.config`."""
         return await self._send(_Api.config())
+
+    async def config_schema(self) -> dict[str, Any]:
+        """See :meth:`KairosClient.config_schema`."""
+        return await self._send(_Api.config_schema())
 
     async def put_config(
         self, config: Mapping[str, Any], *, if_match: str | None = None

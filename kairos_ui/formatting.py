@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from kairos_client import format_duration
+
 MISSING = "—"
 
 
@@ -57,20 +59,9 @@ def count(value: int | None) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    """An uptime or delay: ``42 s``, ``3 min 07 s``, ``2 h 05 min``, ``3 d 4 h``."""
-    if seconds is None:
-        return MISSING
-    whole = max(int(seconds), 0)
-    days, rest = divmod(whole, 86_400)
-    hours, rest = divmod(rest, 3_600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days} d {hours} h"
-    if hours:
-        return f"{hours} h {minutes:02d} min"
-    if minutes:
-        return f"{minutes} min {secs:02d} s"
-    return f"{secs} s"
+    """An uptime or delay, as :func:`kairos_client.format_duration` writes it (the CLI too):
+    ``2.5 s``, ``42 s``, ``3 min 07 s``, ``2 h 05 min``, ``3 d 4 h``."""
+    return MISSING if seconds is None else format_duration(seconds)
 
 
 def until(timestamp: float | None, now: float | None = None) -> str:
@@ -78,11 +69,7 @@ def until(timestamp: float | None, now: float | None = None) -> str:
     if timestamp is None:
         return MISSING
     left = timestamp - (time.time() if now is None else now)
-    if left <= 0:
-        return "due"
-    if left < 10:
-        return f"in {left:.1f} s"
-    return f"in {duration(left)}"
+    return f"in {format_duration(left)}" if left > 0 else "due"
 
 
 def clock(timestamp: float | None) -> str:

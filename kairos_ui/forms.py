@@ -2,28 +2,30 @@
 
 The common keys get their own fields; every other key of the router (retry, transformations,
 AI policy...) lives in the *other settings* JSON field, so editing a route never drops what the
-form has no field for. Backends are one per line: the URL, then ``key=value`` pairs in shell
+form has no field for. Backends are one per line: ``host:port`` as config.json spells them
+(``http://127.0.0.1:9001``, ``ws://chat.internal:8080``), then ``key=value`` pairs in shell
 quoting, the value read as JSON when it parses (``weight=2``, ``tags='["users"]'``) and as a
 string otherwise (``health_check_path=/health``)::
 
     http://127.0.0.1:9001 weight=2 health_check_path=/health description='users service'
 
-The form checks only what it must to build the JSON (a backend URL with a port, a JSON object);
-every rule about routes is the gateway's, whose validation errors the page shows by JSON path.
+A field left empty (no protocol, no balancing strategy chosen) stays out of the JSON, so the
+gateway's default applies and a route keeps the keys it was written with. The choices the form
+offers come from the gateway's config schema (:mod:`kairos_ui.schema`), never from lists of its
+own. The form checks only what it must to build the JSON (a backend ``scheme://host:port``, a
+JSON object); every rule about routes is the gateway's, whose validation errors the page shows by
+JSON path.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
-STANDARD_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
-STRATEGIES = ("round_robin", "weighted", "least_connections", "random", "ip_hash")
-DEFAULT_STRATEGY = "round_robin"
 # Keys with a field of their own; legacy ``host`` + ``port`` become the first backend line.
 _FIELD_KEYS = frozenset(
     {
@@ -31,6 +33,7 @@ _FIELD_KEYS = frozenset(
         "external_path",
         "internal_path",
         "methods",
+        "protocol",
         "backends",
         "load_balancing_strategy",
         "auth_required",
@@ -40,6 +43,7 @@ _FIELD_KEYS = frozenset(
     }
 )
 _BACKEND_KEYS = ("host", "port")
+_METHOD_SEPARATORS = re.compile(r"[\s,]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,21 +63,17 @@ class RouteForm:
     external_path: str = ""
     internal_path: str = ""
     methods: list[str] = field(default_factory=lambda: ["GET"])
+    protocol: str = ""
     backends: str = ""
-    load_balancing_strategy: str = DEFAULT_STRATEGY
+    load_balancing_strategy: str = ""
     auth_required: bool = False
     timeout_ms: str = ""
     other: str = "{}"
 
-    @property
-    def method_choices(self) -> list[str]:
-        """The standard methods, then any other method the route already has."""
-        extra = [m for m in self.methods if m not in STANDARD_METHODS]
-        return [*STANDARD_METHODS, *extra]
-
-    @property
-    def strategy_choices(self) -> tuple[str, ...]:
-        return STRATEGIES
+    def method_choices(self, offered: Iterable[str]) -> list[str]:
+        """The methods ``offered`` (the schema's), then any other method the route already has."""
+        choices = list(offered)
+        return [*choices, *(m for m in self.methods if m not in choices)]
 
     @classmethod
     def from_config(cls, router: Mapping[str, Any]) -> RouteForm:
@@ -91,8 +91,9 @@ class RouteForm:
             external_path=str(router.get("external_path") or ""),
             internal_path=str(router.get("internal_path") or ""),
             methods=[str(m).upper() for m in router.get("methods") or []],
+            protocol=str(router.get("protocol") or ""),
             backends="\n".join(lines),
-            load_balancing_strategy=str(router.get("load_balancing_strategy") or DEFAULT_STRATEGY),
+            load_balancing_strategy=str(router.get("load_balancing_strategy") or ""),
             auth_required=bool(router.get("auth_required")),
             timeout_ms="" if timeout is None else str(timeout),
             other=json.dumps(other, indent=2) if other else "{}",
@@ -100,14 +101,16 @@ class RouteForm:
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, str], methods: list[str]) -> RouteForm:
-        """The form as submitted (``methods`` are the checked boxes)."""
+        """The form as submitted: ``methods`` are the values of the checked boxes, or the text
+        of the methods field (``GET POST``, ``GET, POST``) when the schema lists no methods."""
         return cls(
             name=fields.get("name", "").strip(),
             external_path=fields.get("external_path", "").strip(),
             internal_path=fields.get("internal_path", "").strip(),
-            methods=[m.strip().upper() for m in methods if m.strip()],
+            methods=[m.upper() for value in methods for m in _METHOD_SEPARATORS.split(value) if m],
+            protocol=fields.get("protocol", "").strip(),
             backends=fields.get("backends", ""),
-            load_balancing_strategy=fields.get("load_balancing_strategy", DEFAULT_STRATEGY),
+            load_balancing_strategy=fields.get("load_balancing_strategy", "").strip(),
             auth_required=fields.get("auth_required", "") in ("on", "true", "1"),
             timeout_ms=fields.get("timeout_ms", "").strip(),
             other=fields.get("other", "").strip() or "{}",
@@ -138,6 +141,8 @@ class RouteForm:
             router["internal_path"] = self.internal_path
         if self.methods:
             router["methods"] = self.methods
+        if self.protocol:
+            router["protocol"] = self.protocol
         backends = []
         for number, line in enumerate(self.backends.splitlines(), start=1):
             if line.strip():
@@ -148,7 +153,8 @@ class RouteForm:
                     backends.append(backend)
         if backends:
             router["backends"] = backends
-        router["load_balancing_strategy"] = self.load_balancing_strategy
+        if self.load_balancing_strategy:
+            router["load_balancing_strategy"] = self.load_balancing_strategy
         if self.auth_required:
             router["auth_required"] = True
         if self.timeout_ms:
@@ -185,21 +191,21 @@ def _reads_as_json(text: str) -> bool:
 
 
 def _parse_backend_line(line: str) -> tuple[dict[str, Any], str]:
-    """A backend entry from ``URL key=value...``, or an empty dict and what is wrong."""
+    """A backend entry from ``host:port key=value...``, or an empty dict and what is wrong.
+
+    ``host`` is everything before the last ``:``, kept as written (the gateway judges its
+    scheme and name); ``port`` is the number after it.
+    """
     try:
         words = shlex.split(line)
     except ValueError as exc:
         return {}, f"{exc} in {line.strip()!r}"
     url, *options = words
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if parts.scheme not in ("http", "https") or not parts.hostname or port is None:
-        return {}, f"{url!r} is not a backend URL like http://127.0.0.1:9001"
-    host = f"{parts.scheme}://{parts.netloc.rsplit(':', 1)[0]}"
-    backend: dict[str, Any] = {"host": host, "port": port}
+    host, colon, port = url.rpartition(":")
+    scheme, separator, name = host.partition("://")
+    if not (colon and scheme and separator and name and port.isascii() and port.isdigit()):
+        return {}, f"{url!r} is not a backend URL like http://127.0.0.1:9001 (scheme://host:port)"
+    backend: dict[str, Any] = {"host": host, "port": int(port)}
     for option in options:
         key, equals, raw = option.partition("=")
         if not equals or not key:

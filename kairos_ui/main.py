@@ -1,7 +1,7 @@
 """``kairos-ui``: serve the dashboard for one gateway (DESIGN.md §11).
 
 ``kairos-ui --gateway URL [--token T] [--host 127.0.0.1] [--port 5902]``; the gateway's admin URL
-defaults to ``$KAIROS_ADMIN_URL`` (else ``http://127.0.0.1:5901``) and the token to
+defaults to ``$KAIROS_ADMIN_URL`` (else :data:`kairos_client.DEFAULT_BASE_URL`) and the token to
 ``$KAIROS_ADMIN_TOKEN``. The dashboard listens on loopback unless told otherwise: it can reset
 breakers and edit routes, so exposing it is a decision, not a default.
 """
@@ -16,9 +16,10 @@ from collections.abc import Sequence
 
 import uvicorn
 
+from kairos_client import DEFAULT_BASE_URL
+
 from .app import create_app
 
-DEFAULT_GATEWAY_URL = "http://127.0.0.1:5901"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5902
 # Open SSE streams end at shutdown; this bounds how long a stuck one can hold the process.
@@ -32,7 +33,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--gateway",
-        default=os.environ.get("KAIROS_ADMIN_URL") or DEFAULT_GATEWAY_URL,
+        default=os.environ.get("KAIROS_ADMIN_URL") or DEFAULT_BASE_URL,
         help="the gateway's admin API URL (default: $KAIROS_ADMIN_URL or %(default)s)",
     )
     parser.add_argument(

@@ -3,9 +3,11 @@
 :class:`GatewayRelay` runs two background tasks for the life of the app:
 
 - the *reader* seeds :class:`~kairos_ui.state.DashboardState` through the SDK (metrics, routes,
-  config, AI decisions), then follows ``events()``: ``snapshot`` → the live figures, ``circuit`` →
-  the transitions list, ``reload`` → the reload history, ``ai_decision`` → the decisions table,
-  ``route`` (or a snapshot carrying a new ``config_version``) → routes and config fetched again.
+  config, the config schema the route form reads its choices from, AI decisions), then follows
+  ``events()``: ``snapshot`` → the live figures, ``circuit`` → the transitions list, ``reload`` →
+  the reload history, ``ai_decision`` → the decisions table, ``route`` (or a snapshot carrying a
+  new ``config_version``) → routes and config fetched again, with the schema once per config
+  version (and on every reconnection: the gateway may have been upgraded).
   When the gateway cannot be reached, refuses the token or ends the stream, the banner part says so
   and the reader tries again after a backoff (0.5 s doubling to ``max_backoff_s``, back to 0.5 s
   once connected). It resumes with ``Last-Event-ID``, so no transition is missed across a blip;
@@ -38,6 +40,7 @@ from kairos_client import (
 
 from .broadcast import Broadcaster
 from .rendering import LIVE_PARTS, SNAPSHOT_PARTS, Renderer
+from .schema import RouteChoices
 from .state import DECISIONS_KEPT, DashboardState, GatewayLink, ReloadRecord, Transition
 
 log = logging.getLogger("kairos.ui")
@@ -83,6 +86,7 @@ class GatewayRelay:
         self._dirty: set[str] = set()
         self._changed = asyncio.Event()
         self._known_version: str | None = None
+        self._schema_version: str | None = None  # the config version the schema was read at
         self._seeded_at = 0.0  # gateway event times before this are replays (same clock assumed)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -110,9 +114,14 @@ class GatewayRelay:
         self._changed.set()
 
     async def refresh_config(self) -> None:
-        """Fetch the config and the routes again (after a change); raises the SDK's errors."""
+        """Fetch the config and the routes again (after a change), and the config schema once
+        per config version; raises the SDK's errors."""
         document = await self._client.config()
         routes = await self._client.routes()
+        if document.config_version != self._schema_version:
+            schema = await self._client.config_schema()
+            self._state.route_choices = RouteChoices.from_schema(schema)
+            self._schema_version = document.config_version
         self._state.config = document
         self._state.routes = routes
         self._known_version = document.config_version
@@ -148,6 +157,7 @@ class GatewayRelay:
 
     async def _seed(self) -> None:
         self._seeded_at = time.time()
+        self._schema_version = None
         snapshot = await self._client.metrics()
         decisions = await self._client.ai_decisions(DECISIONS_KEPT)
         await self.refresh_config()

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from kairos_client import AiDecision, ConfigDocument, MetricsSnapshot, RouteInfo
 from kairos_client.models import AiRouteStats, BackendMetrics, RouteMetrics
+
+from .schema import RouteChoices
 
 TRANSITIONS_KEPT = 50
 RELOADS_KEPT = 20
@@ -55,6 +57,14 @@ class ReloadRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Badge:
+    """One policy a route carries, as the routes table shows it (``detail``: its tooltip)."""
+
+    text: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class RouteRow:
     """A configured route joined with its live figures (``metrics`` is None before traffic)."""
 
@@ -62,35 +72,22 @@ class RouteRow:
     metrics: RouteMetrics | None
 
     @property
-    def badges(self) -> list[str]:
-        """Which policies the route carries: ``auth``, ``retry``, ``AI <mode>``, ``rate limit``.
-
-        From the gateway's figures; a route too new to have any yet (they follow within a
-        second) is read from its config as written, its AI badge then naming a mode only when
-        the config spells one out.
-        """
-        config: dict[str, Any] = self.info.config
-        if self.metrics is not None:
-            flags = (
-                self.metrics.auth_required,
-                self.metrics.has_retry,
-                self.metrics.has_ai,
-                self.metrics.has_rate_limit,
-            )
-            ai_mode = self.metrics.ai_mode
-        else:
-            ai_policy = config.get("ai_policy")
-            has_ai = isinstance(ai_policy, dict) and ai_policy.get("enabled") is not False
-            flags = (
-                bool(config.get("auth_required")),
-                config.get("retry") is not None,
-                has_ai,
-                config.get("rate_limit") is not None,
-            )
-            ai_mode = ai_policy.get("mode") if has_ai and isinstance(ai_policy, dict) else None
-        ai = f"AI {ai_mode}" if ai_mode else "AI"
-        names = ("auth", "retry", ai, "rate limit")
-        return [name for name, on in zip(names, flags, strict=True) if on]
+    def badges(self) -> list[Badge]:
+        """The policies in force on the route, as the gateway resolved them
+        (``RouteInfo.policies``): ``auth``, ``retry``, ``AI <mode>``, ``rate limit`` (the global
+        policy too, when the route inherits it)."""
+        policies = self.info.policies
+        badges = []
+        if policies.auth_required:
+            badges.append(Badge("auth"))
+        if policies.retry:
+            badges.append(Badge("retry"))
+        if policies.ai_mode is not None:
+            badges.append(Badge(f"AI {policies.ai_mode}"))
+        if policies.rate_limit is not None:
+            scope = "global policy" if policies.rate_limit_scope == "global" else "route policy"
+            badges.append(Badge("rate limit", f"{policies.rate_limit} ({scope})"))
+        return badges
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +111,7 @@ class DashboardState:
     transitions: deque[Transition] = field(default_factory=lambda: deque(maxlen=TRANSITIONS_KEPT))
     reloads: deque[ReloadRecord] = field(default_factory=lambda: deque(maxlen=RELOADS_KEPT))
     decisions: deque[AiDecision] = field(default_factory=lambda: deque(maxlen=DECISIONS_KEPT))
+    route_choices: RouteChoices = field(default_factory=RouteChoices)
 
     def add_decision(self, decision: AiDecision) -> bool:
         """Keep ``decision`` in id order, newest first; False when it is already kept (a replay
@@ -152,26 +150,12 @@ class DashboardState:
         return list(self.snapshot.backends) if self.snapshot else []
 
     def backend_users(self) -> dict[str, list[str]]:
-        """Backend key (``scheme://host:port``) → ids of the routes that send to it."""
+        """Backend key (``scheme://host:port``) → ids of the routes that send to it, primary
+        or fallback (the keys as the gateway gives them in ``RouteInfo``)."""
         users: dict[str, list[str]] = {}
         for info in self.routes:
-            for key in _backend_keys(info.config):
+            for key in (*info.backends, *info.fallback):
                 users.setdefault(key, [])
                 if info.id not in users[key]:
                     users[key].append(info.id)
         return users
-
-
-def _backend_keys(router: dict[str, Any]) -> list[str]:
-    entries: list[Any] = []
-    if "host" in router and "port" in router:
-        entries.append(router)
-    for pool in ("backends", "fallback"):
-        value = router.get(pool)
-        if isinstance(value, list):
-            entries.extend(value)
-    return [
-        f"{entry['host']}:{entry['port']}"
-        for entry in entries
-        if isinstance(entry, dict) and "host" in entry and "port" in entry
-    ]

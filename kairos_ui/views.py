@@ -23,7 +23,7 @@ from kairos_client.models import ValidationIssue
 
 from .broadcast import Broadcaster
 from .charts import Series, line_chart
-from .forms import STANDARD_METHODS, FormIssue, RouteForm
+from .forms import FormIssue, RouteForm
 from .headers import SECURITY_HEADERS
 from .relay import NOT_AUTHORISED, GatewayRelay, link_for
 from .rendering import Renderer
@@ -138,7 +138,7 @@ class Dashboard:
             ok=False,
             original_id=None,
             config_version=None,
-            methods=STANDARD_METHODS,
+            choices=self.state.route_choices,
         )
 
     async def backends(self, request: Request) -> HTMLResponse:
@@ -242,6 +242,7 @@ class Dashboard:
             ok=ok,
             original_id=original_id,
             config_version=config_version,
+            choices=self.state.route_choices,
         )
 
     async def route_form(self, request: Request) -> HTMLResponse:
@@ -339,6 +340,7 @@ class Dashboard:
             result=result,
             report=result.report,
             method=method,
+            path=path,
             asked_ai=ai,
         )
 

@@ -21,7 +21,9 @@ from typing import Any, ClassVar
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from kairos_cli.main import app as cli
 from kairos_client import (
     AsyncKairosClient,
     CircuitInfo,
@@ -326,6 +328,19 @@ def test_config_is_redacted_and_validate_config_reports_issues(
     result = shared_client.validate_config(bad)
     assert not result.valid
     assert "routers[0].internal_path" in [issue.path for issue in result.errors]
+
+
+def test_config_schema_is_the_schema_kairos_config_schema_prints(shared_client: Any) -> None:
+    printed = CliRunner().invoke(cli, ["config", "schema"])
+    assert printed.exit_code == 0, printed.output
+
+    schema = shared_client.config_schema()
+
+    assert schema == json.loads(printed.output)
+    router = schema["$defs"]["Router"]["properties"]
+    assert router["protocol"]["enum"] == ["http", "websocket"]
+    assert "round_robin" in router["load_balancing_strategy"]["enum"]
+    assert schema["required"] == ["routers"]
 
 
 def test_put_config_replaces_the_config_and_rejects_an_invalid_one(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from kairos_client import (
     AiDecision,
@@ -59,6 +60,7 @@ def sync_usage() -> float:
         updated: RouteChange = client.update_route("echo", ROUTE)
         deleted: RouteChange = client.delete_route("echo", if_match=None)
         document: ConfigDocument = client.config()
+        schema: dict[str, Any] = client.config_schema()
         replaced: ReloadResult = client.put_config(document.config)
         checked: ValidationResult = client.validate_config(document.config)
         issues: list[ValidationIssue] = checked.errors + checked.warnings
@@ -73,7 +75,7 @@ def sync_usage() -> float:
             break
         point: models.MetricsPoint = history.points[0]
         del text, routes, one, created, updated, deleted, replaced, issues, reloaded, reset
-        del opened, decisions, identifier, point
+        del opened, decisions, identifier, point, schema
         return health.uptime_seconds + snapshot.latency_ms.p99
 
 
@@ -84,12 +86,13 @@ async def async_usage() -> list[str]:
         circuits: list[CircuitInfo] = await client.circuits()
         change: RouteChange = await client.create_route(ROUTE)
         reloaded: ReloadResult = await client.reload()
+        schema: dict[str, Any] = await client.config_schema()
         stream: AsyncIterator[Event] = client.events(reconnect=False, max_reconnect_delay_s=1.0)
         seen: list[str] = [health.status, snapshot.config_version, change.config_version]
         async for event in stream:
             seen.append(event.type)
             break
-        del circuits, reloaded
+        del circuits, reloaded, schema
         return seen
 
 

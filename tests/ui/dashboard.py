@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from playwright.sync_api import Page
+from playwright.sync_api import Locator, Page
 
 from tests.support.gateway import REPO_ROOT, Gateway, backend, route
 from tests.support.procs import (
@@ -126,6 +126,41 @@ def sample_config(upstream: Upstream) -> dict[str, Any]:
     }
 
 
+def resolved_config(upstream: Upstream, fallback: Upstream) -> dict[str, Any]:
+    """Routes whose facts only the gateway resolves right: ``legacy`` (the kairos-rs ``host`` +
+    ``port`` form) and ``slashed`` (a backend host with a trailing slash, and a fallback) both send
+    to ``upstream``'s key and inherit the global rate limit; ``own-limit`` has its own."""
+    scheme_host = upstream.url.rsplit(":", 1)[0]
+    return {
+        "rate_limit": {"strategy": "PerIP", "requests_per_window": 500, "window_duration": 60},
+        "routers": [
+            {
+                "name": "legacy",
+                "host": f"{scheme_host}/",
+                "port": upstream.port,
+                "external_path": "/legacy",
+                "internal_path": "/",
+                "methods": ["GET"],
+            },
+            {
+                "name": "slashed",
+                "backends": [backend(upstream.url) | {"host": f"{scheme_host}/"}],
+                "fallback": [backend(fallback.url)],
+                "external_path": "/slashed",
+                "internal_path": "/",
+                "methods": ["GET"],
+            },
+            route(
+                "/own",
+                "/",
+                [fallback.url],
+                name="own-limit",
+                rate_limit={"strategy": "PerIP", "requests_per_window": 5, "window_duration": 1},
+            ),
+        ],
+    }
+
+
 def ai_config(instant: Upstream, thinking: Upstream, **policy: Any) -> dict[str, Any]:
     """One AI route, ``chat`` (``POST /chat``), over an ``instant`` and a ``thinking`` tier.
 
@@ -163,6 +198,17 @@ def restart(gateway: Gateway) -> None:
         gateway.process.args, name="kairos-gateway", cwd=REPO_ROOT, env=gateway.process.env
     )
     gateway.start()
+
+
+def set_methods(form: Locator, methods: list[str]) -> None:
+    """Ask the route form for exactly ``methods``: its checkboxes when the served config schema
+    enumerates methods, else its text field."""
+    boxes = form.locator("input[type='checkbox'][name='methods']")
+    if not boxes.count():
+        form.locator("input[name='methods']").fill(" ".join(methods))
+        return
+    for box in boxes.all():
+        box.set_checked(box.get_attribute("value") in methods)
 
 
 def open_page(page: Page, ui: UiServer, path: str = "/") -> Page:

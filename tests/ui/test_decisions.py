@@ -117,7 +117,7 @@ def test_the_routes_table_badges_the_mode_and_the_route_test_shows_the_prompt(
     expect(page.locator("tr[data-route='chat'] .badge")).to_have_text(["AI inline"])
 
     form = page.locator("#route-test-form")
-    form.locator("select[name='method']").select_option("POST")
+    form.locator("input[name='method']").fill("POST")
     form.locator("input[name='path']").fill("/chat")
     form.locator("textarea[name='body']").fill(f'{{"prompt": "{QUICK}"}}')
     form.locator("input[name='ai']").check()
@@ -149,7 +149,7 @@ def test_shadow_decisions_show_agreement_and_the_route_test_asks_the_llm(
     expect(page.locator("tr[data-route='chat'] .badge")).to_have_text(["AI shadow"])
 
     form = page.locator("#route-test-form")
-    form.locator("select[name='method']").select_option("POST")
+    form.locator("input[name='method']").fill("POST")
     form.locator("input[name='path']").fill("/chat")
     form.locator("input[name='ai']").check()
     form.get_by_role("button", name="Test").click()

@@ -13,6 +13,7 @@ def submit(form: RouteForm) -> RouteForm:
         "name": form.name,
         "external_path": form.external_path,
         "internal_path": form.internal_path,
+        "protocol": form.protocol,
         "backends": form.backends,
         "load_balancing_strategy": form.load_balancing_strategy,
         "timeout_ms": form.timeout_ms,
@@ -91,4 +92,47 @@ def test_missing_fields_are_left_for_the_gateway_to_name() -> None:
     config, issues = RouteForm(methods=[]).to_config()
 
     assert issues == []
-    assert config == {"load_balancing_strategy": "round_robin"}
+    assert config == {}
+
+
+def test_a_websocket_route_keeps_its_protocol_and_ws_backends() -> None:
+    router: dict[str, Any] = {
+        "name": "chat",
+        "external_path": "/ws/chat",
+        "internal_path": "/chat",
+        "methods": ["GET"],
+        "protocol": "websocket",
+        "backends": [
+            {"host": "ws://127.0.0.1", "port": 9001},
+            {"host": "wss://chat.internal", "port": 443, "weight": 2},
+        ],
+    }
+
+    config, issues = submit(RouteForm.from_config(router)).to_config()
+
+    assert issues == []
+    assert config == router
+
+
+def test_a_backend_host_is_kept_as_written_trailing_slash_and_ipv6_included() -> None:
+    router: dict[str, Any] = {
+        "external_path": "/x",
+        "internal_path": "/",
+        "methods": ["GET"],
+        "backends": [
+            {"host": "http://127.0.0.1/", "port": 9001},
+            {"host": "http://[::1]", "port": 9002},
+        ],
+    }
+
+    config, issues = submit(RouteForm.from_config(router)).to_config()
+
+    assert issues == []
+    assert config == router
+
+
+def test_methods_typed_as_text_are_split_and_upper_cased() -> None:
+    form = RouteForm.from_fields({}, ["get, post  PUT"])
+
+    assert form.methods == ["GET", "POST", "PUT"]
+    assert form.method_choices(["GET", "POST"]) == ["GET", "POST", "PUT"]

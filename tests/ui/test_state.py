@@ -71,24 +71,38 @@ def test_ai_routes_follow_the_config_order_then_routes_that_decided_before() -> 
     assert isinstance(rows[2], AiRouteRow) and rows[2].stats is not None
 
 
-def info(config: dict[str, Any]) -> RouteInfo:
-    return RouteInfo(id="chat", index=0, config=config)
+def info(route_id: str = "chat", **fields: Any) -> RouteInfo:
+    return RouteInfo.model_validate({"id": route_id, "index": 0, "config": {}, **fields})
 
 
-def test_the_ai_badge_names_the_mode_the_gateway_reports() -> None:
-    metrics = RouteMetrics(route="chat", has_retry=True, has_ai=True, ai_mode="background")
+def test_badges_are_the_policies_the_gateway_resolved_not_the_config_as_written() -> None:
+    resolved = info(
+        config={"auth_required": False},  # as written; the policies say what is in force
+        policies={
+            "auth_required": True,
+            "retry": True,
+            "ai_mode": "background",
+            "rate_limit": "100 requests / 60 s, PerIP",
+            "rate_limit_scope": "global",
+        },
+    )
 
-    assert RouteRow(info({}), metrics).badges == ["retry", "AI background"]
-    assert RouteRow(info({}), RouteMetrics(route="chat")).badges == []
+    badges = RouteRow(resolved, RouteMetrics(route="chat")).badges
+
+    assert [b.text for b in badges] == ["auth", "retry", "AI background", "rate limit"]
+    assert badges[-1].detail == "100 requests / 60 s, PerIP (global policy)"
+    assert RouteRow(info(config={"retry": {"max_retries": 2}}), None).badges == []
 
 
-def test_a_route_without_figures_yet_is_read_from_its_config_as_written() -> None:
-    def badges(config: dict[str, Any]) -> list[str]:
-        return RouteRow(info(config), None).badges
-
-    assert badges({"ai_policy": {"mode": "shadow"}, "auth_required": True}) == [
-        "auth",
-        "AI shadow",
+def test_backend_users_are_the_keys_the_gateway_gives_primary_and_fallback() -> None:
+    state = DashboardState()
+    state.routes = [
+        info("legacy", config={"host": "http://a/", "port": 1}, backends=["http://a:1"]),
+        info("pooled", backends=["http://a:1", "http://b:2"], fallback=["http://c:3"]),
     ]
-    assert badges({"ai_policy": {"strategy": "latency_prediction"}}) == ["AI"]
-    assert badges({"ai_policy": {"enabled": False, "mode": "shadow"}}) == []
+
+    assert state.backend_users() == {
+        "http://a:1": ["legacy", "pooled"],
+        "http://b:2": ["pooled"],
+        "http://c:3": ["pooled"],
+    }
