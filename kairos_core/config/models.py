@@ -365,7 +365,10 @@ class Router(_Model):
     load_balancing_strategy: BalancingStrategy = "round_robin"
     external_path: str
     internal_path: str
-    methods: tuple[str, ...]
+    # Checked by the rules (with a hint for lower case); the schema lists the choices.
+    methods: tuple[str, ...] = Field(
+        json_schema_extra={"items": {"type": "string", "enum": list(HTTP_METHODS)}}
+    )
     hosts: tuple[str, ...] = ()
     auth_required: bool = False
     retry: RetryConfig | None = None

@@ -583,6 +583,8 @@ def test_config_schema_is_json_schema_of_the_config() -> None:
     schema = json.loads(result.stdout)
     assert "routers" in schema["properties"]
     assert "routers" in schema["required"]
+    methods = schema["$defs"]["Router"]["properties"]["methods"]["items"]["enum"]
+    assert methods == ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "TRACE"]
 
 
 def test_version() -> None:
