@@ -22,7 +22,10 @@
 Whose fault an attempt's end is decides what its breaker hears: an upstream error, a per-try
 timeout or a deadline reached while waiting on the backend is the backend's (failure); the
 client going away, a body over the cap, or a deadline or body gap reached while waiting for the
-client's body is the client's (nothing reported; 408 ``client_timeout``, 413 or 499).
+client's body is the client's (nothing reported; 408 ``client_timeout``, 413 or 499). A small
+response body is read inside its attempt, so a backend that resets in the middle of one has
+failed that attempt; a streamed body that breaks later is logged (``upstream_body``) after the
+head was already counted a success.
 
 The pipeline is pinned to the :class:`RuntimeState` current when the request arrived; a reload
 swaps the state for later requests only. Nothing here knows the web framework.
@@ -52,6 +55,7 @@ from kairos_core.errors import ClientBodyError, ErrorType, GatewayError
 from kairos_core.forwarding import client_ip, forwarded_headers
 from kairos_core.http import (
     SECURITY_HEADERS,
+    HeaderPairs,
     Headers,
     ProxyRequest,
     ProxyResponse,
@@ -499,17 +503,35 @@ class Pipeline:
         started = time.perf_counter()
         try:
             if ctx.deadline is None:
-                response = await self._upstream.send(upstream_request)
+                response = await self._exchange(upstream_request)
             else:
                 async with asyncio.timeout_at(_loop_deadline(ctx.deadline)):
-                    response = await self._upstream.send(upstream_request)
+                    response = await self._exchange(upstream_request)
         except BaseException as exc:
             in_flight.release(backend.key)
             return self._failed_attempt(ctx, backend, trial, started, exc, body)
         breaker = ctx.state.shared.breakers.get(backend.key)
         failed = breaker is not None and breaker.is_failure_status(response.status)
         self._reported(ctx, backend, trial, started, "failure_status" if failed else "success")
+        if isinstance(response, _Buffered):
+            in_flight.release(backend.key)
+            return _Outcome(response=response)
         return _Outcome(response=_Released(response, lambda: in_flight.release(backend.key)))
+
+    async def _exchange(self, request: UpstreamRequest) -> UpstreamResponse:
+        """Send, and read a small body whole (:func:`_buffers`) as part of the attempt.
+
+        A backend that resets or stalls in the middle of such a body has failed this attempt:
+        its breaker hears it, and the retry policy may try again before the client saw a byte.
+        """
+        response = await self._upstream.send(request)
+        if not _buffers(request.method, response.headers):
+            return response
+        try:
+            body = await response.read()
+        finally:
+            await response.close()
+        return _Buffered(response.status, response.headers, body)
 
     def _reported(
         self,
@@ -612,31 +634,17 @@ class Pipeline:
     async def _transform_response(
         self, ctx: _Context, route: CompiledRoute, response: UpstreamResponse
     ) -> ProxyResponse:
-        """Response transformation, then the body: small bodies whole, the rest streamed.
-
-        A body the upstream declared at most ``BUFFER_BODY_BYTES`` long is read at once: one
-        write to the client instead of a chunked stream, and the upstream connection goes back
-        to the pool before the client has read anything. Everything else (SSE, chunked, large,
-        HEAD) streams chunk by chunk with backpressure.
-        """
+        """Response transformation, then the body: whole when the attempt read it
+        (:func:`_buffers`), else streamed chunk by chunk with backpressure."""
         status, headers = response.status, strip_hop_by_hop(response.headers)
         if route.response_transform is not None:
             parts = route.response_transform.apply(ResponseParts(status, tuple(headers)))
             status, headers = parts.status, list(parts.headers)
         headers.extend(ctx.cors_headers)
-        length = header(headers, "content-length")
-        small = length is not None and length.isdigit() and int(length) <= BUFFER_BODY_BYTES
-        if small and ctx.request.method != "HEAD":
-            try:
-                body = await response.read()
-                ctx.record.bytes_sent = len(body)
-            except UpstreamError as exc:
-                kind: ErrorType = "timeout" if exc.kind == "timeout" else "upstream"
-                raise GatewayError(kind, exc.message) from exc
-            finally:
-                await response.close()
+        if isinstance(response, _Buffered):
+            ctx.record.bytes_sent = len(response.body)
             kept = [(k, v) for k, v in headers if k.lower() != "content-length"]
-            return ProxyResponse(status, kept, body)
+            return ProxyResponse(status, kept, response.body)
         return ProxyResponse(status, headers, _relay(response, ctx.record), on_close=response.close)
 
     def _error_response(self, ctx: _Context, error: GatewayError) -> ProxyResponse:
@@ -697,6 +705,35 @@ class Pipeline:
 
 
 # --- helpers --------------------------------------------------------------------------------------
+
+
+def _buffers(method: str, headers: HeaderPairs) -> bool:
+    """Whether a response body is read whole inside its attempt: one the upstream declared at
+    most ``BUFFER_BODY_BYTES`` long (not to HEAD). One write to the client instead of a chunked
+    stream, the upstream connection back in the pool before the client reads anything, and a
+    body cut short is the attempt's failure. Everything else (SSE, chunked, large) streams."""
+    if method == "HEAD":
+        return False
+    length = header(headers, "content-length")
+    return length is not None and length.isdigit() and int(length) <= BUFFER_BODY_BYTES
+
+
+@dataclass(slots=True)
+class _Buffered:
+    """An upstream response whose body its attempt has already read (:func:`_buffers`)."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        yield self.body
+
+    async def read(self) -> bytes:
+        return self.body
+
+    async def close(self) -> None:
+        return None
 
 
 class _Released:

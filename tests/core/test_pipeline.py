@@ -236,6 +236,23 @@ async def test_a_retry_goes_to_the_backend_not_tried_yet() -> None:
     assert (record.attempts, record.retries) == (2, ["status_503"])
 
 
+async def test_a_small_body_cut_short_fails_the_attempt_and_is_retried() -> None:
+    harness = Harness(lambda call: Reply(cut=call.origin == A))
+    response = await harness.send("GET", "/retried")
+    assert (response.status, response.body) == (200, b"ok")
+    assert harness.upstream.origins() == [A, B]
+    assert harness.breaker_failures(A) == 1
+    (record,) = harness.records
+    assert record.retries == ["reset"]
+
+
+async def test_a_small_body_cut_short_without_retry_is_a_502_and_a_failure() -> None:
+    harness = Harness(lambda call: Reply(cut=True))
+    response = await harness.send("GET", "/open")
+    assert (response.status, error_type(response)) == (502, "upstream")
+    assert harness.breaker_failures(A) == 1
+
+
 async def test_a_post_is_not_retried_after_it_was_sent() -> None:
     harness = Harness(lambda call: Reply(503))
     assert (await harness.send("POST", "/retried", body=b"x")).status == 503

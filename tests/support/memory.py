@@ -13,7 +13,8 @@ from kairos_core.websocket import UpstreamWebSocket
 
 @dataclass
 class Reply:
-    """What a backend answers: a response, or an ``UpstreamError`` of ``error`` kind."""
+    """What a backend answers: a response, or an ``UpstreamError`` of ``error`` kind; with
+    ``cut``, the body fails with a ``reset`` after its first byte."""
 
     status: int = 200
     headers: list[tuple[str, str]] = field(default_factory=list)
@@ -21,6 +22,7 @@ class Reply:
     error: ErrorKind | None = None
     sent: bool = True
     delay_s: float = 0.0
+    cut: bool = False
 
 
 @dataclass
@@ -39,13 +41,19 @@ class MemoryResponse:
         self.status = reply.status
         self.headers = [*reply.headers, ("Content-Length", str(len(reply.body)))]
         self._body = reply.body
+        self._cut = reply.cut
         self.closed = False
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
+        if self._cut:
+            yield self._body[:1]
+            raise UpstreamError("reset", "scripted reset mid-body", sent=True)
         if self._body:
             yield self._body
 
     async def read(self) -> bytes:
+        if self._cut:
+            raise UpstreamError("reset", "scripted reset mid-body", sent=True)
         return self._body
 
     async def close(self) -> None:
