@@ -5,6 +5,15 @@ only maps HTTP requests to its calls and its results to :mod:`kairos_client.mode
 ``kairos_gateway.wire``), and :class:`AdminProblem` kinds to statuses. Results are frozen
 dataclasses whose fields mirror the wire models one for one. Rules that live here:
 
+- **Access** (:func:`access_problem`, before anything else): a request a browser sent from
+  another origin (``Origin`` not this listener's ``Host``, or ``Sec-Fetch-Site`` other than
+  ``same-origin`` / ``none``) is ``forbidden``, token or not: no web page may drive the admin
+  API. Without ``admin.token`` (a loopback listener, by the start-up rule) the ``Host`` must be a
+  loopback name or address, so a DNS-rebinding page, whose requests say ``Host: evil.example``,
+  is ``forbidden`` too. With a token every path but ``/health``, ``/live`` and ``/ready`` needs
+  ``Authorization: Bearer <token>`` (``unauthorized``). A write with a body must be
+  ``Content-Type: application/json`` (``unsupported_media_type``): a form or ``text/plain`` post,
+  which browsers send across sites without asking, is never read as a config.
 - **Readiness**: ready unless the gateway says why not (:meth:`Control.not_ready_reasons`);
   routes without a candidate backend are listed, never a reason.
 - **Snapshot**: the metrics summaries, in-flight count, uptime and config version; per route its
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, Protocol
@@ -55,6 +65,7 @@ from kairos_core.config.store import (
 )
 from kairos_core.dryrun import DryRun, ask_live, plan_request
 from kairos_core.events import Event
+from kairos_core.forwarding import is_loopback
 from kairos_core.metrics import BackendSummary, Metrics, RouteSummary, Summary
 from kairos_core.ratelimit import describe
 from kairos_core.selection import CircuitState
@@ -63,8 +74,18 @@ from kairos_core.state import CompiledRoute, RuntimeState, SharedState
 from kairos_core.transform import RequestParts
 
 ProblemKind = Literal[
-    "not_found", "bad_request", "validation_error", "conflict", "precondition_failed"
+    "not_found",
+    "bad_request",
+    "validation_error",
+    "conflict",
+    "precondition_failed",
+    "unauthorized",
+    "forbidden",
+    "unsupported_media_type",
 ]
+PUBLIC_PATHS = frozenset({"/health", "/live", "/ready"})
+"""Admin paths a load balancer or orchestrator probes: answered without the token."""
+_SAME_SITE_FETCHES = frozenset({"same-origin", "none"})
 DUPLICATE_ROUTE_CODES = frozenset({"duplicate_route", "duplicate_route_name"})
 Edit = Callable[[LoadedConfig], Mapping[str, Any]]
 
@@ -79,6 +100,55 @@ class AdminProblem(Exception):
         self.kind: ProblemKind = kind
         self.message = message
         self.details = tuple(details)
+
+
+def access_problem(
+    method: str,
+    path: str,
+    header: Callable[[str], str | None],
+    *,
+    token: str | None,
+    has_body: bool,
+) -> AdminProblem | None:
+    """Why the admin listener refuses this request before reading it (the **Access** rule in
+    the module docstring), or None; ``header`` looks a request header up by lower-case name."""
+    host = (header("host") or "").strip().lower()
+    origin = header("origin")
+    if origin is not None and _origin_authority(origin) != host:
+        return AdminProblem("forbidden", f"requests from {origin} are not accepted")
+    fetch_site = header("sec-fetch-site")
+    if fetch_site is not None and fetch_site.strip().lower() not in _SAME_SITE_FETCHES:
+        return AdminProblem("forbidden", f"{fetch_site} browser requests are not accepted")
+    if not token:
+        if not is_loopback(_host_name(host)):
+            return AdminProblem(
+                "forbidden", f"Host {host!r} is not this machine; set admin.token to serve it"
+            )
+    elif path not in PUBLIC_PATHS:
+        scheme, _, credentials = (header("authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            credentials.strip().encode(), token.encode()
+        ):
+            return AdminProblem("unauthorized", "missing or invalid admin token")
+    if has_body and method in ("POST", "PUT", "PATCH", "DELETE"):
+        media = (header("content-type") or "").partition(";")[0].strip().lower()
+        if media != "application/json":
+            return AdminProblem(
+                "unsupported_media_type", "a request body must be Content-Type: application/json"
+            )
+    return None
+
+
+def _origin_authority(origin: str) -> str:
+    """``host[:port]`` of an ``Origin`` value (``null`` and garbage give ``""``)."""
+    return origin.strip().lower().partition("://")[2].rstrip("/")
+
+
+def _host_name(authority: str) -> str:
+    """The host of ``host[:port]`` or ``[v6]:port``."""
+    if authority.startswith("["):
+        return authority.partition("]")[0] + "]"
+    return authority.rpartition(":")[0] if authority.count(":") == 1 else authority
 
 
 class VersionConflict(Exception):

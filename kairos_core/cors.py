@@ -5,7 +5,9 @@ Rules: an origin is allowed when ``allowed_origins`` contains it or ``*``. A pre
 it itself (204) when the path is routable for the requested method, and never forwards it. A
 disallowed origin or method gets the 204 without ``Access-Control-Allow-*`` headers, so the
 browser blocks the call. With ``allow_credentials`` the origin is echoed instead of ``*`` (the
-spec forbids ``*`` with credentials). ``Vary: Origin`` is set whenever the answer depends on it.
+spec forbids ``*`` with credentials), which is why the config refuses ``allow_credentials`` with
+``*`` (``cors_credentials_any_origin``): that would hand every site credentialed access. ``Vary:
+Origin`` is set whenever the answer depends on it.
 """
 
 from __future__ import annotations

@@ -88,8 +88,13 @@ def _forwarded_element(node: str, scheme: str, host: str | None) -> str:
     """One RFC 7239 element (kept for repeat clients: it is the same string every time)."""
     element = f"for={_forwarded_node(node)};proto={scheme}"
     if host:
-        element += f";host={host}" if _TOKEN.fullmatch(host) else f';host="{host}"'
+        element += f";host={host}" if _TOKEN.fullmatch(host) else f";host={_quoted(host)}"
     return element
+
+
+def _quoted(value: str) -> str:
+    """An RFC 9110 quoted-string: ``"`` and ``\\`` escaped, so no value closes it early."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _is_ip(value: str) -> bool:

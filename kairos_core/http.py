@@ -7,6 +7,9 @@ Which request heads are refused (:func:`request_head_problem`, 400 ``bad_request
   horizontal tab (CR, LF and NUL included);
 - a second ``Host``, ``Authorization`` or ``Content-Length``: singletons the gateway reads or
   vouches for must appear once, so the value it checked is the value the upstream gets;
+- a ``Host`` that is not ``host[:port]`` (RFC 3986 reg-name or bracketed IP literal; no quote,
+  space, slash or ``@``), as nginx refuses it: the value is echoed to the upstream in
+  ``X-Forwarded-Host`` and ``Forwarded``;
 - a ``Content-Length`` that is not plain ASCII digits ``0-9`` (no sign, space or other digit);
 - ``Content-Length`` together with ``Transfer-Encoding`` (request smuggling, RFC 9112 §6.1).
 
@@ -73,6 +76,10 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _NAMES = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:\t[!#$%&'*+.^_`|~0-9A-Za-z-]+)*|")
 """Header names joined by tabs, every one a token (the empty string: no header at all)."""
 
+_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]*)(?::[0-9]*)?")
+"""RFC 9112 §3.2 ``Host``: ``uri-host [":" port]``, empty allowed."""
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
 SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
     ("X-Content-Type-Options", "nosniff"),
     ("X-Frame-Options", "DENY"),
@@ -81,12 +88,18 @@ SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
 
 
 def header(headers: Sequence[tuple[str, str]], name: str) -> str | None:
-    """First value of ``name`` (case-insensitive), or None."""
+    """The value of ``name`` (case-insensitive), or None. Repeated lines are one list joined with
+    ``", "`` (RFC 9110 §5.3), so a second ``X-Forwarded-For`` or ``Transfer-Encoding`` line is
+    never overlooked; the singletons are refused when repeated (:func:`request_head_problem`)."""
     lower = name.lower()
-    for key, value in headers:
-        if key.lower() == lower:
-            return value
-    return None
+    found = [value for key, value in headers if key.lower() == lower]
+    return ", ".join(found) if found else None
+
+
+def accepted_request_id(sent: str | None) -> str | None:
+    """A client's ``X-Request-ID`` when it may become the request's id (1 to 128 letters,
+    digits and ``._:-``), else None: markup, spaces or two values joined never echo back."""
+    return sent if sent is not None and _SANE_REQUEST_ID.fullmatch(sent) else None
 
 
 def strip_hop_by_hop(
@@ -121,6 +134,8 @@ def request_head_problem(headers: Sequence[tuple[str, str]], http_version: str) 
             seen.add(lower)
             if lower == "content-length" and not (value.isascii() and value.isdigit()):
                 return f"Content-Length must be ASCII digits, got {value!r}"
+            if lower == "host" and not _HOST.fullmatch(value):
+                return f"malformed Host header {value!r}"
         elif lower == "transfer-encoding":
             seen.add(lower)
     if "content-length" in seen and "transfer-encoding" in seen:
@@ -166,11 +181,15 @@ class ProxyRequest:
     _by_name: dict[str, str] | None = field(default=None, repr=False)
 
     def header(self, name: str) -> str | None:
-        """First value of the header ``name`` (lower-case), from a map built on first use."""
+        """:func:`header` for a lower-case ``name``, from a map built on first use."""
         if self._by_name is None:
             by_name: dict[str, str] = {}
             for key, value in self.headers:
-                by_name.setdefault(key.lower(), value)
+                lower = key.lower()
+                if lower in by_name:
+                    by_name[lower] += ", " + value
+                else:
+                    by_name[lower] = value
             self._by_name = by_name
         return self._by_name.get(name)
 

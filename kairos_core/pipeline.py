@@ -39,7 +39,6 @@ import logging
 import math
 import os
 import random
-import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -59,6 +58,7 @@ from kairos_core.http import (
     Headers,
     ProxyRequest,
     ProxyResponse,
+    accepted_request_id,
     forwardable_headers,
     header,
     request_head_problem,
@@ -82,7 +82,6 @@ from kairos_core.upstream import UpstreamClient, UpstreamError, UpstreamRequest,
 
 log = logging.getLogger("kairos.pipeline")
 _E = TypeVar("_E", bound=BaseException)
-_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _ID_PREFIX = os.urandom(11).hex()
 _ID_COUNTER = itertools.count(1)
 """Generated request ids: a random per-process prefix and a counter (32 hex characters, the
@@ -223,10 +222,9 @@ class Pipeline:
 
     def _accept(self, request: ProxyRequest) -> _Context:
         state = self._state
-        sent_id = request.header("x-request-id")
-        request_id = sent_id if sent_id and _SANE_REQUEST_ID.fullmatch(sent_id) else None
         record = RequestRecord(
-            request_id=request_id or f"{_ID_PREFIX}{next(_ID_COUNTER):010x}",
+            request_id=accepted_request_id(request.header("x-request-id"))
+            or f"{_ID_PREFIX}{next(_ID_COUNTER):010x}",
             client_ip=client_ip(
                 request.peer_ip, request.header("x-forwarded-for"), state.trusted_proxies
             ),

@@ -10,7 +10,8 @@ Rules of :class:`AiohttpUpstream`:
   automatic decompression (bytes pass through untouched), no redirects followed, no default
   ``User-Agent`` / ``Accept-Encoding`` added;
 - the URL is sent exactly as given (already percent-encoded by the router); a response head
-  larger than the request's ``max_head_bytes`` is ``invalid``;
+  larger than the request's ``max_head_bytes`` is ``invalid`` (aiohttp bounds each line while
+  parsing; the whole head is measured once parsed, and the connection is dropped);
 - ``connect_timeout_s`` bounds the TCP (and TLS) connect; ``read_timeout_s`` bounds the wait for
   the response head and every later gap between body chunks (so a long SSE stream lives as long
   as it keeps talking);
@@ -224,6 +225,11 @@ class AiohttpUpstream:
             raise UpstreamError("invalid", f"invalid upstream response: {exc}", sent=True) from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError("reset", f"upstream connection failed: {exc}", sent=True) from exc
+        head_bytes = sum(len(k) + len(v) + 4 for k, v in response.raw_headers)
+        if head_bytes > request.max_head_bytes:
+            response.close()
+            message = f"upstream response head over {request.max_head_bytes} bytes"
+            raise UpstreamError("invalid", message, sent=True)
         return _AiohttpResponse(response)
 
     async def connect_websocket(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import uuid
@@ -25,23 +24,26 @@ from sanic import Request, Sanic
 from sanic.response import HTTPResponse
 
 from kairos_client import models
-from kairos_core.admin import AdminProblem, ProblemKind, RouteTestRequest
+from kairos_core.admin import AdminProblem, ProblemKind, RouteTestRequest, access_problem
 from kairos_core.config import MAX_CONFIG_BYTES, ConfigIssue, config_schema
 from kairos_core.config.loader import decode_json
 from kairos_core.errors import error_body
 from kairos_core.events import Event
+from kairos_core.http import accepted_request_id
 from kairos_core.metrics import HISTORY_SECONDS
 from kairos_gateway import wire
 from kairos_gateway.runtime import GatewayRuntime
 
 log = logging.getLogger("kairos.admin")
-PUBLIC_PATHS = frozenset({"/health", "/live", "/ready"})
 PROBLEM_STATUS: dict[ProblemKind, int] = {
     "not_found": 404,
     "bad_request": 400,
     "validation_error": 400,
     "conflict": 409,
     "precondition_failed": 412,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "unsupported_media_type": 415,
 }
 EVENT_QUEUE_SIZE = 1000
 # a config nests a few levels (routers[].request_transformation.headers[]...); the rest is abuse
@@ -94,18 +96,17 @@ def build_admin_app(runtime: GatewayRuntime) -> Sanic[Any, Any]:
 
     @app.on_request
     async def authenticate(request: Request) -> HTTPResponse | None:
-        token = runtime.state.config.admin.token
-        if not token or request.path in PUBLIC_PATHS:
-            return None
-        sent = request.headers.get("authorization", "")
-        scheme, _, credentials = sent.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(
-            credentials.strip().encode(), token.encode()
-        ):
-            return None
-        return error_response(
-            AdminError(401, "unauthorized", "missing or invalid admin token"), _request_id(request)
+        headers = request.headers
+        problem = access_problem(
+            request.method,
+            request.path,
+            headers.get,
+            token=runtime.state.config.admin.token,
+            has_body=headers.get("content-length", "0") != "0" or "transfer-encoding" in headers,
         )
+        if problem is not None:
+            raise problem
+        return None
 
     async def on_error(request: Request, exception: Exception) -> HTTPResponse:
         if isinstance(exception, AdminProblem):
@@ -390,4 +391,4 @@ def _if_match(request: Request) -> str | None:
 
 
 def _request_id(request: Request) -> str:
-    return request.headers.get("x-request-id") or uuid.uuid4().hex
+    return accepted_request_id(request.headers.get("x-request-id")) or uuid.uuid4().hex

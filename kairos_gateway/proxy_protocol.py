@@ -20,7 +20,9 @@ Framing
   to the pipeline as ``ProxyRequest.body``; reading from the socket pauses while more than
   ``BODY_BUFFER_BYTES`` wait to be consumed. ``Content-Length`` must be ASCII digits after at
   most one space or tab (no sign, no other whitespace, no list); ``chunked`` is the only
-  transfer coding; a request with both is refused. Each of these is a 400, then close.
+  transfer coding (``Transfer-Encoding`` lines are read as one list, so ``gzip`` then
+  ``chunked`` on two lines is refused like ``gzip, chunked``); a request with both is refused.
+  Each of these is a 400, then close.
 - ``Expect: 100-continue``: ``100 Continue`` is sent when the pipeline first reads the body,
   never when it answers first; any other expectation is 417 ``expectation_failed``.
 - Responses to HEAD, 1xx, 204 and 304 carry no body. A streamed body goes out with the
@@ -539,6 +541,9 @@ class ProxyProtocol(asyncio.Protocol):
             )
         lower = name.lower()
         if lower in _WATCHED:
+            previous = self._watched.get(lower)
+            if previous is not None and lower == b"transfer-encoding":
+                value = previous + b", " + value  # one list (RFC 9110 §5.3): chunked must be all
             self._watched[lower] = value
         if b"_" in name and not self._underscores:
             return

@@ -5,8 +5,9 @@ loader adds file lines. kairos-rs's rules come first (JWT secret, paths, methods
 port, weight, retry limits, duplicate paths, ``..``, auth needs ``jwt``, parameter syntax), then
 Kairos's (unsupported protocols are rejected by the models; ``workers > 1`` needs Redis,
 ``ai_policy`` needs two backends, ``fallback_backend_index`` in range, a non-loopback admin listener
-needs a token, transformation regexes compile, ...). Warnings and recommendations follow kairos-rs
-(plain-HTTP backends, many methods, ambiguous patterns, many dynamic routes).
+needs a token, credentialed CORS names its origins, transformation regexes compile, ...).
+Warnings and recommendations follow kairos-rs (plain-HTTP backends, many methods, ambiguous
+patterns, many dynamic routes).
 """
 
 from __future__ import annotations
@@ -597,6 +598,14 @@ def _check_server(config: GatewayConfig, broken: frozenset[str]) -> Iterator[Con
             "admin token is short; use at least 16 random chars",
             W,
             code="short_admin_token",
+        )
+    cors = config.cors
+    if "cors" not in broken and cors and cors.allow_credentials and "*" in cors.allowed_origins:
+        yield ConfigIssue(
+            "cors.allowed_origins",
+            "allow_credentials with '*' would let every web site make requests with your "
+            "users' cookies; list the origins that may",
+            code="cors_credentials_any_origin",
         )
     same = (config.server.host, config.server.port) == (config.admin.host, config.admin.port)
     if server and admin and same:

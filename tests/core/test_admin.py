@@ -254,3 +254,58 @@ def test_validation_reports_every_issue_with_its_code(service: AdminService) -> 
     assert result.valid is False
     assert {i.code for i in result.errors} == {"bad_port", "unknown_key"}
     assert service.validate_config(DOCUMENT).valid
+
+
+# --- access --------------------------------------------------------------------------------------
+
+
+def _access(
+    headers: Mapping[str, str],
+    *,
+    token: str | None = None,
+    method: str = "GET",
+    path: str = "/api/config",
+    has_body: bool = False,
+) -> str | None:
+    lowered = {k.lower(): v for k, v in {"Host": "127.0.0.1:5901", **headers}.items()}
+    problem = admin.access_problem(method, path, lowered.get, token=token, has_body=has_body)
+    return None if problem is None else problem.kind
+
+
+def test_a_request_from_another_origin_is_forbidden_token_or_not() -> None:
+    for token in (None, "t0ken"):
+        auth = {"Authorization": "Bearer t0ken"}
+        assert _access({"Origin": "https://evil.example", **auth}, token=token) == "forbidden"
+        assert _access({"Origin": "null", **auth}, token=token) == "forbidden"
+        assert _access({"Sec-Fetch-Site": "cross-site", **auth}, token=token) == "forbidden"
+        assert _access({"Sec-Fetch-Site": "same-site", **auth}, token=token) == "forbidden"
+        assert _access({"Origin": "http://127.0.0.1:5901", **auth}, token=token) is None
+        assert _access({"Sec-Fetch-Site": "same-origin", **auth}, token=token) is None
+
+
+def test_without_a_token_the_host_must_be_this_machine() -> None:
+    for host in ("127.0.0.1:5901", "localhost:5901", "localhost", "[::1]:5901", "127.0.0.2"):
+        assert _access({"Host": host}) is None, host
+    for host in ("evil.example", "evil.example:5901", "10.0.0.1:5901", ""):
+        assert _access({"Host": host}) == "forbidden", host
+    assert _access({"Host": "evil.example"}, path="/health") == "forbidden"
+    assert _access({"Host": "gw.example:5901", "Authorization": "Bearer t"}, token="t") is None
+
+
+def test_with_a_token_every_path_but_the_probes_needs_it() -> None:
+    assert _access({}, token="t0ken") == "unauthorized"
+    assert _access({"Authorization": "Bearer wrong"}, token="t0ken") == "unauthorized"
+    assert _access({"Authorization": "Basic t0ken"}, token="t0ken") == "unauthorized"
+    assert _access({"Authorization": "Bearer t0ken"}, token="t0ken") is None
+    assert _access({"Authorization": "bearer t0ken"}, token="t0ken") is None
+    for path in sorted(admin.PUBLIC_PATHS):
+        assert _access({}, token="t0ken", path=path) is None
+
+
+def test_a_write_with_a_body_must_be_json() -> None:
+    for media in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data", ""):
+        sent = {"Content-Type": media} if media else {}
+        assert _access(sent, method="POST", has_body=True) == "unsupported_media_type"
+    json_type = {"Content-Type": "application/json; charset=utf-8"}
+    assert _access(json_type, method="PUT", has_body=True) is None
+    assert _access({}, method="POST", path="/api/config/reload") is None  # no body

@@ -348,6 +348,13 @@ RULES = [
         id="public-admin-without-token",
     ),
     pytest.param(
+        config(cors={"allow_credentials": True}),
+        "cors.allowed_origins",
+        "allow_credentials with '*' would let every web site make requests with your users'",
+        None,
+        id="credentialed-cors-for-any-origin",
+    ),
+    pytest.param(
         config(server={"host": "127.0.0.1", "port": 5901}),
         "admin.port",
         "the admin and proxy listeners cannot share an address",
@@ -885,6 +892,11 @@ def test_admin_token_comes_from_the_process_environment_without_environ(
     assert parse_config(text).config.admin.token == ADMIN_TOKEN
     issue = only_error(text, environ={})  # environ= is the whole environment
     assert issue.path == "admin.host"
+
+
+def test_credentialed_cors_with_listed_origins_is_valid() -> None:
+    cors = {"allow_credentials": True, "allowed_origins": ["https://app.example"]}
+    assert load(config(cors=cors)).config.cors is not None
 
 
 def test_loopback_admin_listener_needs_no_token() -> None:

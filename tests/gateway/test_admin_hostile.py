@@ -23,6 +23,7 @@ DEPTH = 100_000
 BEARER = "Bearer upstream-s3cr3t-0123456789"
 API_KEY = "k3y-for-the-upstream-7777"
 PASSWORD = "hunter2-pa55"
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ def nested(depth: int) -> bytes:
 )
 def test_a_body_nested_100000_deep_is_a_400(admin: httpx.Client, method: str, path: str) -> None:
     for body in (nested(DEPTH), nested(500)):
-        response = admin.request(method, path, content=body)
+        response = admin.request(method, path, content=body, headers=JSON)
         assert response.status_code == 400, response.text
         assert response.json()["type"] == "bad_request"
         assert "nested" in response.json()["error"]
@@ -139,3 +140,41 @@ def test_a_redacted_route_saved_back_keeps_its_credentials(
     headers = {k.lower(): v for k, v in hit["headers"].items()}
     assert (headers["authorization"], headers["x-api-key"]) == (BEARER, API_KEY)
     assert hit["query"] == f"access_token={API_KEY}"
+
+
+# --- web pages never drive the admin API --------------------------------------------------------
+
+
+def test_a_cross_site_page_cannot_write_to_a_tokenless_admin_api(
+    gateway: Gateway, admin: httpx.Client
+) -> None:
+    new_route = '{"external_path": "/x", "internal_path": "/x", "methods": ["GET"], ' + (
+        '"backends": [{"host": "http://127.0.0.1", "port": 9}]}'
+    )
+    attempts = [
+        # what a form or no-cors fetch on https://evil.example sends
+        {"Origin": "https://evil.example", "Content-Type": "text/plain"},
+        {"Sec-Fetch-Site": "cross-site", "Content-Type": "application/json"},
+        # a DNS-rebinding page: same origin to the browser, but its own Host
+        {"Host": "evil.example:5901", "Content-Type": "application/json"},
+    ]
+    for headers in attempts:
+        response = admin.post("/api/routes", content=new_route, headers=headers)
+        assert response.status_code == 403, response.text
+        assert response.json()["type"] == "forbidden"
+    plain = admin.post("/api/routes", content=new_route, headers={"Content-Type": "text/plain"})
+    assert (plain.status_code, plain.json()["type"]) == (415, "unsupported_media_type")
+    rebound = admin.get("/api/config", headers={"Host": "evil.example"})
+    assert (rebound.status_code, rebound.json()["type"]) == (403, "forbidden")
+    assert len(admin.get("/api/routes").json()["routes"]) == 2  # nothing was created
+    created = admin.post("/api/routes", content=new_route, headers=JSON)
+    assert created.status_code == 201, created.text
+
+
+def test_the_admin_error_never_echoes_an_unsafe_request_id(admin: httpx.Client) -> None:
+    response = admin.get("/api/routes/missing", headers={"X-Request-ID": "<script>x</script>"})
+    assert response.status_code == 404
+    assert "<script>" not in response.text
+    assert "<script>" not in response.headers["x-request-id"]
+    kept = admin.get("/api/routes/missing", headers={"X-Request-ID": "req-42"})
+    assert kept.json()["request_id"] == kept.headers["x-request-id"] == "req-42"
