@@ -12,7 +12,7 @@ from typing import Any
 import jwt
 import pytest
 
-from kairos_core.auth import MAX_TOKEN_BYTES, AuthError, Identity, JwtVerifier
+from kairos_core.auth import MAX_TOKEN_BYTES, AuthError, Identity, JwtVerifier, identify
 from kairos_core.config.models import JwtConfig
 
 SECRET = "kairos-test-secret-0123456789abcdef"
@@ -333,3 +333,17 @@ def test_a_bad_token_is_never_remembered_as_good() -> None:
     assert check.verify(good).subject == "a"
     assert reason_of(check.verify, tampered) == "invalid signature"
     assert reason_of(check.verify, tampered) == "invalid signature"
+
+
+def test_identify_fails_closed_on_an_auth_route_without_a_verifier() -> None:
+    # Validation refuses auth_required without a jwt block; were that state reached anyway (a
+    # config compiled around validation), no token of any kind may pass.
+    valid = f"Bearer {token()}"
+    unsigned = f"Bearer {hand_built({'alg': 'none', 'typ': 'JWT'}, {'sub': 'mallory'}, None)}"
+    assert identify(verifier(), valid, required=True, wanted=False) is not None  # a real verifier
+
+    for authorization in (None, valid, unsigned, "Bearer", "Basic YTpi"):
+        for wanted in (False, True):
+            with pytest.raises(AuthError) as refused:
+                identify(None, authorization, required=True, wanted=wanted)
+            assert refused.value.reason == "authentication is not configured"

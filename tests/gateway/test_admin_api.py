@@ -899,3 +899,55 @@ def test_a_public_admin_listener_without_token_refuses_to_start(tmp_path: Path) 
     for port in (proxy_port, admin_port):
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_admin_host_flag_off_loopback_without_token_refuses_to_start(tmp_path: Path) -> None:
+    # The config alone is safe (loopback admin): only the flag moves the admin API off it.
+    proxy_port, admin_port = free_port(), free_port()
+    config = {
+        "version": 1,
+        "server": {"host": "127.0.0.1", "port": proxy_port},
+        "admin": {"host": "127.0.0.1", "port": admin_port},
+        "routers": [route("/x", "/x", ["http://127.0.0.1:9"])],
+    }
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(config))
+    env = {k: v for k, v in os.environ.items() if k != "KAIROS_ADMIN_TOKEN"}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "kairos_gateway", str(path), "--admin-host", "0.0.0.0"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert result.returncode == 1, result.stderr
+    assert "'0.0.0.0'" in result.stderr and "token" in result.stderr, result.stderr
+    for port in (proxy_port, admin_port):
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_route_test_and_the_config_schema_need_the_token(secured: Gateway) -> None:
+    dry_run = {"method": "GET", "path": "/echo"}
+    wrong = [None, f"Bearer {ADMIN_TOKEN[:-1]}X", f"Basic {ADMIN_TOKEN}", ADMIN_TOKEN]
+    with admin_client(secured) as client:
+        for authorization in wrong:
+            headers = {"Authorization": authorization} if authorization else {}
+            for response in (
+                client.post("/api/route-test", json=dry_run, headers=headers),
+                client.get("/api/config/schema", headers=headers),
+            ):
+                assert_admin_error(response, 401, "unauthorized")
+                assert response.headers["www-authenticate"].lower().startswith("bearer")
+                assert "/echo" not in response.text and "properties" not in response.text
+
+    with admin_client(secured, token=ADMIN_TOKEN) as client:
+        planned = client.post("/api/route-test", json=dry_run)
+        schema = client.get("/api/config/schema")
+    assert planned.status_code == 200, planned.text
+    assert planned.json()["route_id"] == "echo"
+    assert schema.status_code == 200, schema.text
+    assert "routers" in schema.json()["properties"]

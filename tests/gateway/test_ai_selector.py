@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
 from tests.support.gateway import Gateway, backend
@@ -394,3 +395,50 @@ def test_kairos_route_test_ai_asks_the_llm(
     assert "the LLM chose backend 1" in result.stdout and "deep enough" in result.stdout
     assert "[system] You are the routing brain" in result.stdout
     assert len(fresh_llm.calls()) == 1
+
+
+# --- refused requests never reach the LLM ---------------------------------------------------------
+
+AUTH_SECRET = "ai-selector-tests-jwt-secret-5c1e8a3f9b2d7064"
+
+
+def test_a_request_refused_with_401_or_429_never_reaches_the_llm(
+    ups: UpstreamPool, fresh_llm: LlmStandIn, gateway_factory: StartGateway
+) -> None:
+    fresh_llm.control(index=1)
+    no_cache = {"cache_ttl_s": 0}  # every request that gets through asks the LLM
+    gateway = start(
+        gateway_factory,
+        ai_route(ups, "private", **no_cache) | {"auth_required": True},
+        ai_route(ups, "limited", **no_cache)
+        | {"rate_limit": {"strategy": "PerIP", "requests_per_window": 1, "window_duration": 60}},
+        ai=openai(fresh_llm),
+        jwt={"secret": AUTH_SECRET},
+    )
+    claims = {"sub": "ada", "exp": int(time.time()) + 300}
+    forged = jwt.encode(claims, "not-the-secret-0123456789abcdefghijkl", algorithm="HS256")
+
+    for authorization in (None, f"Bearer {forged}"):
+        headers = {"Authorization": authorization} if authorization else {}
+        refused = ask(gateway, "first secret question", "/private", headers=headers)
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["type"] == "authentication_error"
+    assert served_by(ask(gateway, "first limited question", "/limited")) == "b"
+    assert len(fresh_llm.calls()) == 1  # the one request that passed the limit
+    limited = ask(gateway, "second limited question", "/limited")
+    assert limited.status_code == 429, limited.text
+    assert limited.json()["type"] == "rate_limit_error"
+    assert len(fresh_llm.calls()) == 1
+
+    valid = jwt.encode(claims, AUTH_SECRET, algorithm="HS256")
+    allowed = ask(
+        gateway, "second secret question", "/private", headers={"Authorization": f"Bearer {valid}"}
+    )
+    assert served_by(allowed) == "b"  # the same route does ask the LLM once authenticated
+    calls = fresh_llm.calls()
+    assert len(calls) == 2
+    prompts = json.dumps([call["body"] for call in calls])
+    assert "first secret question" not in prompts and "second limited question" not in prompts
+    assert ups["a"].hits() + ups["b"].hits() == 2
+    assert {d["route"] for d in decisions(gateway)} == {"private", "limited"}
+    assert len(decisions(gateway)) == 2

@@ -631,3 +631,25 @@ def test_an_upgrade_to_websocket_with_a_broken_handshake_is_400(fresh: Stack) ->
         body = assert_error(conn.read_response(), 400, "bad_request")
     assert "WebSocket" in body["error"]
     assert fresh.echo.hits() == 0
+
+
+def test_transfer_encoding_in_an_http10_request_is_400_and_never_forwarded(fresh: Stack) -> None:
+    # HTTP/1.0 has no chunked coding (RFC 9112 §6.1): a 1.0 peer in front would frame this body
+    # by the close, the gateway by the chunks, and the bytes after the last chunk would be
+    # smuggled in as a second request.
+    smuggled = request("GET", "/echo?smuggled=1")
+    chunked = b"5\r\nhello\r\n0\r\n\r\n"
+    before = status_counts(fresh.gateway)
+    with fresh.connect() as conn:
+        conn.send(
+            request("POST", "/echo", "Transfer-Encoding: chunked", body=chunked, version="1.0")
+            + smuggled
+        )
+        response = conn.read_response()
+        body = assert_error(response, 400, "bad_request")
+        assert "HTTP/1.0" in body["error"], body
+        assert response.header("connection") == "close"
+        assert conn.closed_by_server(within_s=2)
+    assert wait_for_count(fresh.gateway, 400, before[400] + 1) == before[400] + 1
+    assert fresh.echo.hits() == 0
+    assert_no_traceback(fresh.gateway)

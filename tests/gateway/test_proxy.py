@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,6 +28,7 @@ import pytest
 from tests.support.canned import CannedUpstream
 from tests.support.gateway import Gateway, route
 from tests.support.procs import Upstream, free_port
+from tests.support.tls import OPENSSL, tls_backends
 
 JWT_SECRET = "kairos-gateway-tests-7f3a9c2e5b8d1046-hs256"
 JWT_ISSUER = "kairos-tests"
@@ -938,3 +940,93 @@ def test_an_upstream_head_over_max_upstream_header_bytes_is_502(client: httpx.Cl
     body = assert_gateway_error(response, 502, "upstream")
     assert "head over" in body["error"]
     assert not any(name.lower().startswith("x-pad") for name in response.headers)
+
+
+# --- server.security_headers --------------------------------------------------------------------
+
+SECURITY_HEADER_NAMES = ("x-content-type-options", "x-frame-options", "referrer-policy")
+
+
+def test_security_headers_false_turns_them_off(
+    gateway_factory: Callable[..., Gateway], upstream: Upstream
+) -> None:
+    gateway = gateway_factory(
+        {
+            "server": {"security_headers": False},
+            "routers": [route("/echo", "/echo", [upstream.url])],
+        }
+    )
+    with gateway.client() as client:
+        proxied = client.get("/echo")
+        not_found = client.get("/nowhere")
+    refused = raw_exchange(
+        gateway.port, b"TRACE /echo HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+    )
+
+    assert proxied.status_code == 200
+    assert_gateway_error(not_found, 404, "route_not_found")
+    assert_gateway_error(refused, 405, "method_not_allowed")
+    for response in (proxied, not_found, refused):
+        assert response.headers.get("x-request-id")  # the gateway's own stamp is still there
+        for name in SECURITY_HEADER_NAMES:
+            assert name not in response.headers, (name, response.headers)
+
+
+def test_a_security_header_the_upstream_sent_is_kept_not_replaced(
+    gateway_factory: Callable[..., Gateway],
+) -> None:
+    upstream = CannedUpstream(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Frame-Options: SAMEORIGIN\r\n"
+        b"referrer-policy: strict-origin-when-cross-origin\r\nContent-Length: 2\r\n\r\nok"
+    )
+    try:
+        gateway = gateway_factory({"routers": [route("/framed", "/x", [upstream.url])]})
+        with gateway.client() as client:
+            response = client.get("/framed")
+    finally:
+        upstream.close()
+
+    assert response.status_code == 200 and response.text == "ok"
+    assert response.headers.get_list("x-frame-options") == ["SAMEORIGIN"]
+    assert response.headers.get_list("referrer-policy") == ["strict-origin-when-cross-origin"]
+    assert response.headers.get_list("x-content-type-options") == ["nosniff"]  # the one missing
+
+
+# --- https backends -----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="needs the openssl command for a certificate")
+@pytest.mark.parametrize("upstream_client", ["h1", "aiohttp"])
+def test_an_https_backend_must_present_a_trusted_certificate_for_its_name(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path, upstream_client: str
+) -> None:
+    with tls_backends(tmp_path) as tls:
+        routes = {
+            "/trusted": ("https://localhost", tls.trusted),
+            "/untrusted": ("https://localhost", tls.untrusted),  # self-signed, trusted by no one
+            "/wrong-name": ("https://127.0.0.1", tls.trusted),  # its certificate names localhost
+        }
+        gateway = gateway_factory(
+            {
+                "routers": [
+                    {
+                        "external_path": path,
+                        "internal_path": "/echo",
+                        "methods": ["GET"],
+                        "backends": [{"host": host, "port": upstream.port}],
+                    }
+                    for path, (host, upstream) in routes.items()
+                ]
+            },
+            env={"SSL_CERT_FILE": str(tls.ca_file)},  # the gateway's CA store: one certificate
+            args=("--upstream-client", upstream_client),
+        )
+        with gateway.client() as client:
+            answers = {path: client.get(path) for path in routes}
+
+        assert answers["/trusted"].status_code == 200, answers["/trusted"].text
+        assert answers["/trusted"].json()["server"] == "trusted"
+        for refused in ("/untrusted", "/wrong-name"):
+            body = assert_gateway_error(answers[refused], 502, "upstream")
+            assert "certificate" in body["error"].lower(), body
+        assert tls.trusted.hits() == 1 and tls.untrusted.hits() == 0

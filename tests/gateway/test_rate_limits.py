@@ -373,3 +373,25 @@ def test_limited_traffic_leaks_no_file_descriptors(
     time.sleep(0.5)
 
     assert abs(gateway.open_fds() - baseline) <= 4
+
+
+def test_an_untrusted_client_cannot_escape_per_ip_by_changing_x_forwarded_for(
+    gateway_factory: Callable[..., Gateway], upstream: Upstream
+) -> None:
+    # no trusted_proxies: the loopback test client is a client like any other
+    gateway = gateway_factory(
+        {"routers": [limited("/per-ip", upstream, limit(2, strategy="PerIP"))]}
+    )
+    spoofed = [
+        {"X-Forwarded-For": new_ip()},
+        {"X-Forwarded-For": f"{new_ip()}, {new_ip()}"},
+        {"X-Real-IP": new_ip(), "X-Forwarded-For": new_ip()},
+        {"Forwarded": f"for={new_ip()}", "X-Forwarded-For": new_ip()},
+    ]
+    with gateway.client() as client:
+        responses = [client.get("/per-ip", headers=headers) for headers in spoofed]
+
+    assert statuses(responses) == [200, 200, 429, 429]
+    for refused in responses[2:]:
+        assert_rate_limited(refused)
+    assert upstream.hits() == 2

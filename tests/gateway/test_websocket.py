@@ -3,10 +3,15 @@ and a shutdown that tells clients the gateway is going away (1001) instead of cu
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
+import socket
+import struct
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +22,7 @@ from websockets.sync.client import connect
 
 from tests.support.gateway import Gateway, backend
 from tests.support.procs import Upstream, free_port
+from tests.support.tls import OPENSSL, tls_backends
 
 SECRET = "websocket-test-secret-0123456789abcdef"
 
@@ -142,3 +148,142 @@ def test_shutdown_closes_relays_with_going_away(gateway: Gateway) -> None:
     while gateway.process.running and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not gateway.process.running, "a relayed WebSocket held the shutdown"
+
+
+# --- message rules of the client side (kairos_gateway/websocket.py) -----------------------------
+
+WS_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+ZERO_MASK = b"\x00\x00\x00\x00"  # a client frame must be masked; XOR with zeros keeps the bytes
+
+
+class RawWebSocket:
+    """A socket past the opening handshake, for frames a WebSocket library would not send."""
+
+    def __init__(self, gateway: Gateway, path: str) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: gw.test\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        self._buffer = b""
+        head = self._read_until(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 "), head
+
+    def send(self, opcode: int, payload: bytes, *, fin: bool = True, declared: int = -1) -> None:
+        """One masked frame; ``declared`` announces a payload length other than the one sent."""
+        length = len(payload) if declared < 0 else declared
+        if length < 126:
+            size = bytes([0x80 | length])
+        elif length < 1 << 16:
+            size = bytes([0x80 | 126]) + struct.pack("!H", length)
+        else:
+            size = bytes([0x80 | 127]) + struct.pack("!Q", length)
+        self.sock.sendall(bytes([(0x80 if fin else 0) | opcode]) + size + ZERO_MASK + payload)
+
+    def receive(self) -> tuple[int, bytes]:
+        """The next frame from the gateway (unmasked, as a server sends): opcode and payload."""
+        first, second = self._read_exactly(2)
+        length = second & 0x7F
+        if length == 126:
+            length = struct.unpack("!H", self._read_exactly(2))[0]
+        elif length == 127:
+            length = struct.unpack("!Q", self._read_exactly(8))[0]
+        return first & 0x0F, self._read_exactly(length)
+
+    def close_received(self) -> int:
+        """The code of the close frame that comes next."""
+        opcode, payload = self.receive()
+        assert opcode == 0x8, (opcode, payload[:100])
+        code: int = struct.unpack("!H", payload[:2])[0]
+        return code
+
+    def closed_by_server(self) -> bool:
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _read_until(self, marker: bytes) -> bytes:
+        while marker not in self._buffer:
+            self._fill()
+        data, _, self._buffer = self._buffer.partition(marker)
+        return data + marker
+
+    def _read_exactly(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            self._fill()
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        assert chunk, f"the gateway closed the connection; unread: {self._buffer[:100]!r}"
+        self._buffer += chunk
+
+
+@pytest.mark.parametrize("framing", ["one-frame", "fragments"])
+def test_a_message_over_16_mib_closes_the_client_with_1009(gateway: Gateway, framing: str) -> None:
+    ws = RawWebSocket(gateway, "/ws/chat")
+    try:
+        ws.send(0x1, b"fits")
+        assert ws.receive() == (0x1, b"fits")
+        if framing == "one-frame":
+            # refused on its header: the gateway never waits for (or buffers) the 16 MiB
+            ws.send(0x2, b"", declared=WS_MAX_MESSAGE_BYTES + 1)
+        else:
+            half = bytes(WS_MAX_MESSAGE_BYTES // 2)
+            ws.send(0x2, half, fin=False)
+            ws.send(0x0, half, fin=False)
+            ws.send(0x0, b"", declared=1)  # the byte that takes the message over
+        assert ws.close_received() == 1009
+        assert ws.closed_by_server()
+    finally:
+        ws.close()
+
+
+def test_invalid_utf8_in_a_text_message_closes_the_client_with_1007(gateway: Gateway) -> None:
+    with connect(ws_url(gateway, "/ws/chat")) as ws:
+        ws.send("valid")
+        assert ws.recv(timeout=5) == "valid"
+        ws.send(b"caf\xc3", text=True)  # a UTF-8 sequence cut short, sent as text
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=5)
+    assert ws.close_code == 1007
+    assert ws.close_reason is not None and "UTF-8" in ws.close_reason
+
+
+# --- wss backends -------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="needs the openssl command for a certificate")
+def test_a_wss_backend_must_present_a_trusted_certificate_for_its_name(
+    gateway_factory: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    with tls_backends(tmp_path) as tls:
+        routes = {  # ws_route turns https:// into a wss:// backend
+            "/ws/trusted": f"https://localhost:{tls.trusted.port}",
+            "/ws/untrusted": f"https://localhost:{tls.untrusted.port}",  # trusted by no one
+            "/ws/wrong-name": f"https://127.0.0.1:{tls.trusted.port}",  # a cert for localhost
+        }
+        gateway = gateway_factory(
+            {"routers": [ws_route(path, url) for path, url in routes.items()]},
+            env={"SSL_CERT_FILE": str(tls.ca_file)},  # the gateway's CA store: one certificate
+        )
+
+        with connect(ws_url(gateway, "/ws/trusted")) as ws:
+            ws.send("over tls")
+            assert ws.recv(timeout=5) == "over tls"
+        for refused in ("/ws/untrusted", "/ws/wrong-name"):
+            with pytest.raises(InvalidStatus) as upgrade:
+                connect(ws_url(gateway, refused))
+            response = upgrade.value.response
+            assert response.status_code == 502, refused
+            body = json.loads(response.body or b"{}")
+            assert body["type"] == "upstream", body
+            assert "certificate" in body["error"].lower(), body
+        assert tls.trusted.hits() == 1 and tls.untrusted.hits() == 0

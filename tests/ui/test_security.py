@@ -96,3 +96,58 @@ def test_a_rebound_host_name_is_refused_before_any_page_or_token(
     assert "set-cookie" not in page.headers
     assert post.status_code == 400
     assert breaker_state(stack) == "closed"
+
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'self'"
+)
+
+
+def test_every_answer_carries_the_content_security_policy_and_frame_headers(
+    stack: Stack,
+) -> None:
+    with httpx.Client(base_url=stack.ui.url, trust_env=False, timeout=10) as client:
+        answers = {
+            "page": client.get("/backends"),
+            "fragment": client.get("/ui/health"),
+            "script": client.get("/static/vendor/htmx.min.js"),
+            "not found": client.get("/no/such/page"),
+            "csrf refusal": client.post("/ui/circuits/open", data={"backend": stack.upstream.url}),
+        }
+        with client.stream("GET", "/ui/events") as events:
+            answers["event stream"] = events
+    statuses = {kind: answer.status_code for kind, answer in answers.items()}
+    assert statuses == {
+        "page": 200,
+        "fragment": 200,
+        "script": 200,
+        "not found": 404,
+        "csrf refusal": 403,
+        "event stream": 200,
+    }
+    for kind, answer in answers.items():
+        headers = answer.headers
+        assert headers.get_list("content-security-policy") == [CONTENT_SECURITY_POLICY], kind
+        assert headers.get_list("x-frame-options") == ["DENY"], kind
+        assert headers.get_list("x-content-type-options") == ["nosniff"], kind
+        assert headers.get_list("referrer-policy") == ["same-origin"], kind
+
+
+def test_another_site_cannot_frame_the_dashboard_and_inline_script_never_runs(
+    stack: Stack, page: Page
+) -> None:
+    attacker = page.context.new_page()
+    attacker.set_content(f'<iframe src="{stack.ui.url}/backends"></iframe>')  # waits for load
+    (framed,) = attacker.main_frame.child_frames
+    assert not framed.url.startswith(stack.ui.url), framed.url  # Chromium shows its error page
+    assert framed.locator("[data-backend]").count() == 0
+
+    open_page(page, stack.ui, "/backends")  # htmx, a script of the dashboard's own, still runs
+    page.evaluate(
+        """() => { const script = document.createElement('script');
+                   script.textContent = 'window.injected = true';
+                   document.body.appendChild(script); }"""
+    )
+    assert page.evaluate("() => window.injected === undefined")
