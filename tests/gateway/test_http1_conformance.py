@@ -584,6 +584,17 @@ REFUSALS = {
         400,
         "bad_request",
     ),
+    "transfer-coding-over-two-lines": (
+        request(
+            "POST",
+            "/echo",
+            "Transfer-Encoding: gzip",
+            "Transfer-Encoding: chunked",
+            body=b"5\r\nhello\r\n0\r\n\r\n",
+        ),
+        400,
+        "bad_request",
+    ),
     "connect": (request("CONNECT", "example.com:443"), 400, "bad_request"),
     "control-byte-in-target": (request("GET", "/echo\x01x"), 400, "bad_request"),
     "non-ascii-target": (b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: gw.test\r\n\r\n", 400, "bad_request"),

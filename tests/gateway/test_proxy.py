@@ -925,6 +925,35 @@ def test_forwarded_for_hops_that_are_not_addresses_are_skipped(stack: Stack) -> 
     assert header_values(echoed, "x-real-ip") == ["203.0.113.9"]
 
 
+def test_x_forwarded_for_over_two_lines_is_read_as_one_list(stack: Stack) -> None:
+    # a proxy such as HAProxy adds its own line: the client's line must not win
+    transport = httpx.HTTPTransport(local_address=TRUSTED_PROXY)
+    with httpx.Client(base_url=stack.gateway.url, transport=transport, trust_env=False) as c:
+        echoed = c.get(
+            "/echo/xff-lines",
+            headers=[("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-For", "203.0.113.5")],
+        ).json()
+
+    assert header_values(echoed, "x-real-ip") == ["203.0.113.5"]
+    assert header_values(echoed, "x-forwarded-for") == [f"6.6.6.6, 203.0.113.5, {TRUSTED_PROXY}"]
+
+
+@pytest.mark.parametrize(
+    "host", [b'gw";for=6.6.6.6;x="', b"gw/evil", b"user@gw", b"gw example"],
+    ids=["quote", "slash", "userinfo", "space"],
+)  # fmt: skip
+def test_a_host_that_is_not_host_and_port_is_400_and_never_forwarded(
+    stack: Stack, host: bytes
+) -> None:
+    hits = stack.echo.hits()
+    request = b"GET /echo/host HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n"
+
+    response = raw_exchange(stack.gateway.port, request)
+
+    assert_gateway_error(response, 400, "bad_request")
+    assert stack.echo.hits() == hits
+
+
 def test_header_names_with_underscores_are_dropped(client: httpx.Client) -> None:
     echoed = client.get(
         "/echo/underscores", headers={"X_Forwarded_For": "203.0.113.7", "X-Kept": "yes"}
@@ -940,6 +969,22 @@ def test_an_upstream_head_over_max_upstream_header_bytes_is_502(client: httpx.Cl
     body = assert_gateway_error(response, 502, "upstream")
     assert "head over" in body["error"]
     assert not any(name.lower().startswith("x-pad") for name in response.headers)
+
+
+def test_the_aiohttp_client_caps_the_upstream_head_too(tmp_path: Path) -> None:
+    # 80 lines of 1 KB: each under aiohttp's own line bound, the whole over 60 KiB
+    head = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 1000) for i in range(80))
+    with contextlib.ExitStack() as exit_stack:
+        big = _canned(exit_stack, b"HTTP/1.1 200 OK\r\n" + head + b"Content-Length: 2\r\n\r\nok")
+        config = {"routers": [route("/big-head", "/x", [big])]}
+        gateway = exit_stack.enter_context(
+            Gateway(config, tmp_path, args=("--upstream-client", "aiohttp"))
+        )
+        with gateway.client() as c:
+            response = c.get("/big-head")
+
+    body = assert_gateway_error(response, 502, "upstream")
+    assert "head over" in body["error"]
 
 
 # --- server.security_headers --------------------------------------------------------------------
