@@ -33,7 +33,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from kairos_core.http import HeaderPairs
-from kairos_core.websocket import UpstreamWebSocket, WsMessage
+from kairos_core.websocket import WS_MAX_MESSAGE_BYTES, UpstreamWebSocket, WsMessage
 
 ErrorKind = Literal["connect", "timeout", "reset", "invalid"]
 CHUNK_BYTES = 64 * 1024
@@ -246,7 +246,7 @@ class AiohttpUpstream:
                     autoping=True,
                     heartbeat=30.0,
                     timeout=timeout,
-                    max_msg_size=16 * 1024 * 1024,
+                    max_msg_size=WS_MAX_MESSAGE_BYTES + 1,  # aiohttp refuses this size itself
                 )
         except aiohttp.WSServerHandshakeError as exc:
             message = f"upstream refused the WebSocket upgrade ({exc.status})"

@@ -42,6 +42,8 @@ class UpstreamWebSocket(WebSocketPeer, Protocol):
     protocol: str | None
 
 
+WS_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""The largest WebSocket message relayed, from the client and from the backend alike."""
 _RESERVED_CLOSE_CODES = frozenset({1005, 1006, 1015})
 
 

@@ -29,9 +29,8 @@ from websockets.protocol import OPEN, State
 from websockets.server import ServerProtocol
 from websockets.typing import BytesLike
 
-from kairos_core.websocket import WsMessage
+from kairos_core.websocket import WS_MAX_MESSAGE_BYTES, WsMessage
 
-WS_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 BUFFER_BYTES = 1024 * 1024
 CLOSE_TIMEOUT_S = 2.0
 

@@ -95,11 +95,11 @@ def create_app(
     return Starlette(
         routes=routes,
         middleware=[
+            Middleware(SecurityHeadersMiddleware),  # outermost: every answer, refusals too
             Middleware(
                 TrustedHostMiddleware,
                 allowed_hosts=["127.0.0.1", "localhost", "[::1]", "::1", *allowed_hosts],
             ),
-            Middleware(SecurityHeadersMiddleware),
             Middleware(CSRFMiddleware),
         ],
         exception_handlers={404: dashboard.not_found, 500: dashboard.server_error},

@@ -92,6 +92,13 @@ def test_large_binary_message(gateway: Gateway) -> None:
         assert ws.recv(timeout=10) == payload
 
 
+def test_a_message_of_exactly_16_mib_is_relayed_both_ways(gateway: Gateway) -> None:
+    payload = bytes(WS_MAX_MESSAGE_BYTES)  # the limit is "over 16 MiB", on either side
+    with connect(ws_url(gateway, "/ws/chat"), max_size=None) as ws:
+        ws.send(payload)
+        assert ws.recv(timeout=30) == payload
+
+
 def test_auth_is_checked_before_the_upgrade(gateway: Gateway) -> None:
     with pytest.raises(InvalidStatus) as refused:
         connect(ws_url(gateway, "/ws/private"))

@@ -115,6 +115,7 @@ def test_every_answer_carries_the_content_security_policy_and_frame_headers(
             "script": client.get("/static/vendor/htmx.min.js"),
             "not found": client.get("/no/such/page"),
             "csrf refusal": client.post("/ui/circuits/open", data={"backend": stack.upstream.url}),
+            "host refusal": client.get("/backends", headers={"Host": "evil.example"}),
         }
         with client.stream("GET", "/ui/events") as events:
             answers["event stream"] = events
@@ -125,6 +126,7 @@ def test_every_answer_carries_the_content_security_policy_and_frame_headers(
         "script": 200,
         "not found": 404,
         "csrf refusal": 403,
+        "host refusal": 400,
         "event stream": 200,
     }
     for kind, answer in answers.items():
