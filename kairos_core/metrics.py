@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from prometheus_client import (
     CollectorRegistry,
@@ -60,15 +60,16 @@ AttemptOutcome = Literal[
 failure of the backend."""
 
 
-@dataclass(frozen=True, slots=True)
-class AttemptSample:
+class AttemptSample(NamedTuple):
+    """One attempt's backend, outcome and time to its response head (a named tuple, like
+    :class:`RequestSample`: one or more per request, built fast)."""
+
     backend: str
     outcome: AttemptOutcome
     seconds: float
 
 
-@dataclass(frozen=True, slots=True)
-class RequestSample:
+class RequestSample(NamedTuple):
     """What metrics need from one finished request."""
 
     route: str | None
@@ -94,18 +95,30 @@ class _Second:
     seen: int = 0
     in_flight: int = 0
 
-    def add(self, latency_ms: float, overhead_ms: float, error: bool, rng: random.Random) -> None:
-        self.requests += 1
-        self.errors += error
-        self.seen += 1
-        if len(self.latencies_ms) < MAX_SAMPLES_PER_SECOND:
-            self.latencies_ms.append(latency_ms)
-            self.overheads_ms.append(overhead_ms)
+    def add(
+        self, latencies_ms: list[float], overheads_ms: list[float], errors: int, rng: random.Random
+    ) -> None:
+        """Count a batch of requests and keep their samples (reservoir sampling past the cap:
+        every request of the second equally likely to be kept)."""
+        self.requests += len(latencies_ms)
+        self.errors += errors
+        kept, overheads = self.latencies_ms, self.overheads_ms
+        room = MAX_SAMPLES_PER_SECOND - len(kept)
+        if room >= len(latencies_ms):
+            kept.extend(latencies_ms)
+            overheads.extend(overheads_ms)
+            self.seen += len(latencies_ms)
             return
-        slot = rng.randrange(self.seen)  # reservoir: every request equally likely to be kept
-        if slot < MAX_SAMPLES_PER_SECOND:
-            self.latencies_ms[slot] = latency_ms
-            self.overheads_ms[slot] = overhead_ms
+        kept.extend(latencies_ms[:room])
+        overheads.extend(overheads_ms[:room])
+        self.seen += max(room, 0)
+        random_ = rng.random
+        for index in range(max(room, 0), len(latencies_ms)):
+            self.seen += 1
+            slot = int(random_() * self.seen)  # random() is C; randrange is not
+            if slot < MAX_SAMPLES_PER_SECOND:
+                kept[slot] = latencies_ms[index]
+                overheads[slot] = overheads_ms[index]
 
 
 class _Window:
@@ -115,10 +128,19 @@ class _Window:
         self._seconds: deque[_Second] = deque(maxlen=size)
 
     def current(self, now: float) -> _Second:
-        second = int(now)
-        if not self._seconds or self._seconds[-1].t != second:
-            self._seconds.append(_Second(second))
-        return self._seconds[-1]
+        return self.at(int(now))
+
+    def at(self, second: int) -> _Second:
+        """The bucket of ``second``; a second older than the newest (a late sample from another
+        process) joins its own bucket when still kept, else the newest."""
+        seconds = self._seconds
+        if not seconds or seconds[-1].t < second:
+            seconds.append(_Second(second))
+            return seconds[-1]
+        for bucket in reversed(seconds):
+            if bucket.t <= second:
+                return bucket if bucket.t == second else seconds[-1]
+        return seconds[-1]
 
     def last(self, now: float, seconds: int) -> list[_Second]:
         horizon = int(now) - seconds
@@ -232,6 +254,18 @@ def percentiles(values: Iterable[float]) -> Percentiles:
 
 
 @dataclass(slots=True)
+class _Group:
+    """The requests of one route in one second, gathered by :meth:`Metrics.fold`."""
+
+    latencies_ms: list[float] = field(default_factory=list)
+    overheads_ms: list[float] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
+    retries: int = 0
+    budget_exhausted: int = 0
+    rate_limited: int = 0
+
+
+@dataclass(slots=True)
 class _Totals:
     requests: int = 0
     errors: int = 0
@@ -337,23 +371,24 @@ class Metrics:
             self.fold()
 
     def fold(self) -> None:
-        """Move every pending sample into the Prometheus series and the rolling windows."""
+        """Move every pending sample into the Prometheus series and the rolling windows.
+
+        Samples are grouped first (by label set, and by route and second for the windows), so
+        each series and each window bucket is touched once per group, not once per request.
+        """
         pending, self._pending = self._pending, []
         if not pending:
             return
         durations: dict[tuple[str, str, int], list[float]] = {}
         overheads: list[float] = []
-        upstream: dict[tuple[str, str], list[float]] = {}
+        groups: dict[tuple[str, int], _Group] = {}
+        attempts: dict[tuple[str, int], list[AttemptSample]] = {}
         retries: dict[tuple[str, str], int] = {}
-        budget: dict[str, int] = {}
-        limited: dict[str, int] = {}
-        totals = self.totals
-        routes = self._routes
         for now, sample in pending:
             route = sample.route or "none"
             status = sample.status
-            key = (route, sample.method, status)
             seconds = sample.duration_s
+            key = (route, sample.method, status)
             in_key = durations.get(key)
             if in_key is None:
                 durations[key] = [seconds]
@@ -361,56 +396,92 @@ class Metrics:
                 in_key.append(seconds)
             overhead_s = sample.overhead_s if sample.overhead_s > 0 else 0.0
             overheads.append(overhead_s)
-            error = status >= 500
-            status_class = _STATUS_CLASS[status // 100] if status < 600 else f"{status // 100}xx"
-            route_totals = routes.get(route)
-            if route_totals is None:
-                route_totals = routes[route] = _Totals()
-            for kept in (totals, route_totals):
-                kept.requests += 1
-                kept.errors += error
-                kept.status_classes[status_class] = kept.status_classes.get(status_class, 0) + 1
-            latency_ms = seconds * 1000
-            overhead_ms = overhead_s * 1000
-            self._window.current(now).add(latency_ms, overhead_ms, error, self._rng)
-            route_window = self._route_windows.get(route)
-            if route_window is None:
-                route_window = self._route_windows[route] = _Window(WINDOW_SECONDS + 2)
-            route_window.current(now).add(latency_ms, overhead_ms, error, self._rng)
+            second = int(now)
+            group = groups.get((route, second))
+            if group is None:
+                group = groups[(route, second)] = _Group()
+            group.latencies_ms.append(seconds * 1000)
+            group.overheads_ms.append(overhead_s * 1000)
+            group.statuses.append(status)
             if sample.retries:
-                for kept in (totals, route_totals):
-                    kept.retries += len(sample.retries)
+                group.retries += len(sample.retries)
                 for reason in sample.retries:
                     retries[(route, reason)] = retries.get((route, reason), 0) + 1
-            if sample.retry_budget_exhausted:
-                totals.budget_exhausted += 1
-                route_totals.budget_exhausted += 1
-                budget[route] = budget.get(route, 0) + 1
-            if sample.rate_limited:
-                totals.rate_limited += 1
-                route_totals.rate_limited += 1
-                limited[route] = limited.get(route, 0) + 1
+            group.budget_exhausted += sample.retry_budget_exhausted
+            group.rate_limited += sample.rate_limited
             for attempt in sample.attempts:
-                by_outcome = upstream.get((attempt.backend, attempt.outcome))
-                if by_outcome is None:
-                    upstream[(attempt.backend, attempt.outcome)] = [attempt.seconds]
+                by_second = attempts.get((attempt.backend, second))
+                if by_second is None:
+                    attempts[(attempt.backend, second)] = [attempt]
                 else:
-                    by_outcome.append(attempt.seconds)
-                self._count_attempt(now, attempt)
+                    by_second.append(attempt)
+        for (route, second), group in groups.items():
+            self._fold_group(route, second, group)
         for key, values in durations.items():
             counter, histogram = self._children_for(key)
             counter.inc(len(values))
             _observe_all(histogram, values)
         _observe_all(self.overhead, overheads)
-        for (backend, outcome), times in upstream.items():
-            self.upstream.labels(backend, outcome).inc(len(times))
-            _observe_all(self.upstream_duration.labels(backend), times)
+        for (backend, second), tries in attempts.items():
+            self._fold_attempts(backend, second, tries)
         for (route, reason), count in retries.items():
             self.retries.labels(route, reason).inc(count)
-        for route, count in budget.items():
-            self.budget_exhausted.labels(route).inc(count)
-        for route, count in limited.items():
-            self.rate_limited.labels(route).inc(count)
+
+    def _fold_group(self, route: str, second: int, group: _Group) -> None:
+        """One route's requests of one second: totals, windows and the per-route counters."""
+        classes: dict[str, int] = {}
+        errors = 0
+        for status in group.statuses:
+            errors += status >= 500
+            name = _STATUS_CLASS[status // 100] if status < 600 else f"{status // 100}xx"
+            classes[name] = classes.get(name, 0) + 1
+        route_totals = self._routes.get(route)
+        if route_totals is None:
+            route_totals = self._routes[route] = _Totals()
+        for kept in (self.totals, route_totals):
+            kept.requests += len(group.statuses)
+            kept.errors += errors
+            kept.retries += group.retries
+            kept.budget_exhausted += group.budget_exhausted
+            kept.rate_limited += group.rate_limited
+            for name, count in classes.items():
+                kept.status_classes[name] = kept.status_classes.get(name, 0) + count
+        latencies, overheads = group.latencies_ms, group.overheads_ms
+        self._window.at(second).add(latencies, overheads, errors, self._rng)
+        route_window = self._route_windows.get(route)
+        if route_window is None:
+            route_window = self._route_windows[route] = _Window(WINDOW_SECONDS + 2)
+        route_window.at(second).add(latencies, overheads, errors, self._rng)
+        if group.budget_exhausted:
+            self.budget_exhausted.labels(route).inc(group.budget_exhausted)
+        if group.rate_limited:
+            self.rate_limited.labels(route).inc(group.rate_limited)
+
+    def _fold_attempts(self, backend: str, second: int, tries: list[AttemptSample]) -> None:
+        """One backend's attempts of one second: counters, histogram and its window."""
+        by_outcome: dict[str, list[float]] = {}
+        for attempt in tries:
+            times = by_outcome.get(attempt.outcome)
+            if times is None:
+                by_outcome[attempt.outcome] = [attempt.seconds]
+            else:
+                times.append(attempt.seconds)
+        failures = 0
+        for outcome, times in by_outcome.items():
+            self.upstream.labels(backend, outcome).inc(len(times))
+            _observe_all(self.upstream_duration.labels(backend), times)
+            if outcome not in ("success", "cancelled"):
+                failures += len(times)
+        counts = self._backends.get(backend)
+        if counts is None:
+            counts = self._backends[backend] = [0, 0]
+        counts[0] += len(tries)
+        counts[1] += failures
+        window = self._backend_windows.get(backend)
+        if window is None:
+            window = self._backend_windows[backend] = _Window(WINDOW_SECONDS + 2)
+        latencies = [attempt.seconds * 1000 for attempt in tries]
+        window.at(second).add(latencies, [0.0] * len(latencies), 0, self._rng)
 
     def _children_for(self, key: tuple[str, str, int]) -> tuple[Any, Any]:
         children = self._children.get(key)
@@ -421,17 +492,6 @@ class Metrics:
                 self.duration.labels(route),
             )
         return children
-
-    def _count_attempt(self, now: float, attempt: AttemptSample) -> None:
-        counts = self._backends.get(attempt.backend)
-        if counts is None:
-            counts = self._backends[attempt.backend] = [0, 0]
-        counts[0] += 1
-        counts[1] += attempt.outcome not in ("success", "cancelled")
-        window = self._backend_windows.get(attempt.backend)
-        if window is None:
-            window = self._backend_windows[attempt.backend] = _Window(WINDOW_SECONDS + 2)
-        window.current(now).add(attempt.seconds * 1000, 0.0, False, self._rng)
 
     def ai_decision(self, route: str, source: str, seconds: float) -> None:
         self.ai_decisions.labels(route, source).inc()

@@ -190,12 +190,13 @@ class Pipeline:
                 return self._finish(ctx, preflight)
             route = match.spec.payload
             self._authenticate(ctx, route)
-            await self._rate_limit(ctx, route)
+            if route.rate_limit is not None:
+                await self._rate_limit(ctx, route)
             if route.protocol == "websocket":
                 _require_upgrade(ctx)
                 return self._finish(ctx, await self._open_websocket(ctx, route, match))
             response = await self._forward(ctx, route, match)
-            return self._finish(ctx, await self._transform_response(ctx, route, response))
+            return self._finish(ctx, self._transform_response(ctx, route, response))
         except GatewayError as error:
             return self._finish(ctx, self._error_response(ctx, error))
         except asyncio.CancelledError:
@@ -313,7 +314,9 @@ class Pipeline:
         self, ctx: _Context, route: CompiledRoute, match: RouteMatch[CompiledRoute]
     ) -> UpstreamResponse:
         """Attempt 1 outside any retry machinery; retries only after a retryable outcome."""
-        body = await self._read_body(ctx, route)
+        body = (
+            RequestBody.empty() if ctx.request.body is None else await self._read_body(ctx, route)
+        )
         choice = None
         if route.ai is not None:
             ctx.summary = _summary(ctx, route, body)
@@ -629,7 +632,7 @@ class Pipeline:
 
         return ProxyResponse(101, [], websocket=ws, on_close=close)
 
-    async def _transform_response(
+    def _transform_response(
         self, ctx: _Context, route: CompiledRoute, response: UpstreamResponse
     ) -> ProxyResponse:
         """Response transformation, then the body: whole when the attempt read it

@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from kairos_core.balancing import Balancer
 from kairos_core.config.models import Backend
@@ -125,9 +125,9 @@ class SnapshotStates:
         return self._get(key).stats
 
 
-@dataclass(frozen=True, slots=True)
-class Candidates:
-    """The pool a request draws from and the indices (into ``backends``) that are candidates."""
+class Candidates(NamedTuple):
+    """The pool a request draws from and the indices (into ``backends``) that are candidates
+    (found for every attempt: a named tuple, immutable and cheap to build)."""
 
     pool: Pool
     backends: tuple[Backend, ...]

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import aiohttp
 from multidict import CIMultiDict
@@ -52,11 +51,11 @@ class UpstreamError(Exception):
 MAX_HEAD_BYTES = 60 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class UpstreamRequest:
+class UpstreamRequest(NamedTuple):
     """What to send: method, where (``origin`` ``scheme://host:port`` and the encoded request
     ``target`` ``/path?query``, kept apart so no URL is built and parsed again), headers, the
-    body (bytes or a stream), the timeouts, and the largest response head accepted."""
+    body (bytes or a stream), the timeouts, and the largest response head accepted. (One per
+    attempt: a named tuple, immutable and built in a third of a frozen dataclass's time.)"""
 
     method: str
     origin: str

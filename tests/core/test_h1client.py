@@ -20,7 +20,6 @@ import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import replace
 from typing import Any, Literal
 
 import pytest
@@ -858,7 +857,7 @@ async def test_h1_a_response_head_over_max_head_bytes_is_invalid(h1: H1Upstream)
         with pytest.raises(UpstreamError) as raised:
             await h1.send(upstream_request(server.url))
         fits = UpstreamRequest.for_url("GET", server.url, [], None, 2, 2)
-        response = await h1.send(replace(fits, max_head_bytes=128 * 1024))
+        response = await h1.send(fits._replace(max_head_bytes=128 * 1024))
         assert await read_body(response) == b"ok"
 
     assert raised.value.kind == "invalid" and "head over 61440 bytes" in raised.value.message
