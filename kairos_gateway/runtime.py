@@ -218,7 +218,7 @@ class GatewayRuntime:
         )
 
     def restart_required(self, loaded: LoadedConfig) -> list[str]:
-        """The listener settings ``loaded`` changes from the config this process started with
+        """The start settings ``loaded`` changes from the config this process started with
         (they apply only at the next restart)."""
         return restart_required(self._started_config, loaded.config)
 
