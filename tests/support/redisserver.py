@@ -1,0 +1,96 @@
+"""A real ``redis-server`` (the Debian package) on a free loopback port, driven from tests.
+
+``RedisServer.start()`` runs it without persistence; ``stop()`` kills it (SIGKILL, as a crash
+would) and a later ``start()`` brings it back on the same port, empty. ``pause()`` / ``resume()``
+stop and continue the process (a Redis that accepts connections but never answers).
+``command_calls()`` reads ``INFO commandstats``, to count the round trips a test caused.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from typing import Self
+
+import redis
+
+from .procs import LOOPBACK, ManagedProcess, free_port, wait_for_port
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+class RedisServer:
+    """One redis-server process on a fixed port; restartable."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://{LOOPBACK}:{self.port}/0"
+        self.process: ManagedProcess | None = None
+        self._client: redis.Redis | None = None
+
+    def start(self) -> Self:
+        args = [
+            REDIS_SERVER,
+            "--port",
+            str(self.port),
+            "--bind",
+            LOOPBACK,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ]
+        self.process = ManagedProcess(args, name=f"redis-{self.port}").start()
+        wait_for_port(LOOPBACK, self.port, 10, process=self.process)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                self.client().ping()
+                return self
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Kill the server at once (what a crash looks like to its clients)."""
+        if self.process is not None:
+            self.process.stop(signal.SIGKILL)
+            self.process = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def pause(self) -> None:
+        """SIGSTOP: connections are accepted by the kernel, nothing is ever answered."""
+        assert self.process is not None
+        self.process.signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.signal(signal.SIGCONT)
+
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            self._client = redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=5)
+        return self._client
+
+    def command_calls(self) -> dict[str, int]:
+        """Calls per command since the last reset (``INFO commandstats``), e.g.
+        ``{"evalsha": 12, "ping": 1}``; the INFO call itself is not counted."""
+        stats = self.client().info("commandstats")
+        calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+        calls["info"] = calls.get("info", 1) - 1
+        return {name: count for name, count in calls.items() if count}
+
+    def reset_stats(self) -> None:
+        self.client().config_resetstat()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
