@@ -34,7 +34,7 @@ from kairos_core.errors import GatewayError
 from kairos_core.events import EventBus
 from kairos_core.forwarding import Networks, parse_networks
 from kairos_core.health import HealthChecker
-from kairos_core.ratelimit import RateLimiter
+from kairos_core.ratelimit import RateLimiter, SharedCounters
 from kairos_core.retry import RetryBudget
 from kairos_core.routing import RouteSpec, RouteTable
 from kairos_core.selection import (
@@ -96,12 +96,12 @@ class SharedState:
     """
 
     def __init__(
-        self, *, upstream: UpstreamClient | None = None, storage_uri: str = "memory://"
+        self, *, upstream: UpstreamClient | None = None, counters: SharedCounters | None = None
     ) -> None:
         self.events = EventBus()
         self.in_flight = InFlight()
         self.breakers = BreakerRegistry(on_transition=self._circuit_event)
-        self.limiter = RateLimiter(storage_uri)
+        self.limiter = RateLimiter(counters)
         self.health = HealthChecker(upstream, self._health_event) if upstream else None
         self.observations = BackendObservations()
         self.ai = AiSelector(DecisionLog(self._ai_event))

@@ -3,14 +3,19 @@
 ``RedisServer.start()`` runs it without persistence; ``stop()`` kills it (SIGKILL, as a crash
 would) and a later ``start()`` brings it back on the same port, empty. ``pause()`` / ``resume()``
 stop and continue the process (a Redis that accepts connections but never answers).
-``command_calls()`` reads ``INFO commandstats``, to count the round trips a test caused.
+``command_calls()`` reads ``INFO commandstats`` (commands run inside scripts included);
+``client_commands()`` records, through ``MONITOR``, the commands clients sent (one per round
+trip; what scripts run inside Redis is left out).
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
+import threading
 import time
+from collections.abc import Iterator
 from typing import Self
 
 import redis
@@ -85,6 +90,36 @@ class RedisServer:
         calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
         calls["info"] = calls.get("info", 1) - 1
         return {name: count for name, count in calls.items() if count}
+
+    @contextlib.contextmanager
+    def client_commands(self) -> Iterator[list[str]]:
+        """The commands clients send while the block runs, upper-cased with their first
+        argument (``["EVALSHA 3f2a...", "PUBLISH kairos:circuits"]``); filled when it ends."""
+        seen: list[str] = []
+        end = f"kairos-monitor-end-{time.monotonic_ns()}"
+        monitor_client = redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=10)
+        with monitor_client.monitor() as monitor:
+
+            def read() -> None:
+                while True:
+                    entry = monitor.next_command()
+                    words = entry["command"].split(" ")
+                    if entry["client_type"] == "lua":
+                        continue
+                    if words[:2] == ["ECHO", end]:
+                        return
+                    seen.append(" ".join([words[0].upper(), *words[1:2]]))
+
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
+            captured: list[str] = []
+            try:
+                yield captured
+            finally:
+                self.client().echo(end)
+                reader.join(10)
+                captured.extend(seen)
+        monitor_client.close()
 
     def reset_stats(self) -> None:
         self.client().config_resetstat()
