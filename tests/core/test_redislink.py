@@ -18,6 +18,7 @@ from kairos_core.redislink import (
 )
 from tests.support.procs import free_port
 from tests.support.redisserver import RedisServer
+from tests.support.waiting import await_until
 
 
 @pytest.fixture
@@ -33,13 +34,6 @@ async def started(links: list[RedisLink], url: str, timeout_ms: int = 50) -> Red
     links.append(link)
     await link.start()
     return link
-
-
-async def until(condition: object, timeout_s: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 def test_the_address_in_logs_never_carries_the_password() -> None:
@@ -109,7 +103,7 @@ async def test_a_redis_that_never_answers_costs_a_request_its_timeout_only(
         assert time.perf_counter() - started_at < 0.005
     finally:
         redis_server.resume()
-    await until(lambda: link.up, PROBE_INTERVAL_S * 4)
+    await await_until(lambda: link.up, PROBE_INTERVAL_S * 4, "link up")
 
 
 async def test_a_killed_redis_is_noticed_and_its_return_brings_the_link_back(
@@ -125,7 +119,7 @@ async def test_a_killed_redis_is_noticed_and_its_return_brings_the_link_back(
             await link.request(lambda r: r.ping())
     assert heard == [False]
     redis_server.start()
-    await until(lambda: link.up, PROBE_INTERVAL_S * 4)
+    await await_until(lambda: link.up, PROBE_INTERVAL_S * 4, "link up")
     assert heard == [False, True]
     assert await link.request(lambda r: r.ping()) is True
     messages = [r.getMessage() for r in caplog.records if r.name == "kairos.cluster"]
