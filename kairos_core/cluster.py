@@ -52,12 +52,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from kairos_core.breaker import BackendBreaker, State
 from kairos_core.health import BackendHealth
-from kairos_core.redislink import RedisLink, RedisUnavailable
+from kairos_core.redislink import BACKGROUND_TIMEOUT_S, RedisLink, RedisUnavailable
 from kairos_core.state import SharedState
 
 log = logging.getLogger("kairos.cluster")
@@ -90,6 +92,27 @@ return 0
 """
 
 
+class ClusterMetrics:
+    """``kairos_cluster_redis_up`` (1 while the link is up) and
+    ``kairos_cluster_redis_transitions_total{state}`` (``up``, ``down``), on the gateway's
+    registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.up = Gauge(
+            "kairos_cluster_redis_up", "1 while the cluster Redis answers", registry=registry
+        )
+        self.transitions = Counter(
+            "kairos_cluster_redis_transitions_total",
+            "Cluster Redis link transitions",
+            ["state"],
+            registry=registry,
+        )
+
+    def link_changed(self, up: bool) -> None:
+        self.up.set(1 if up else 0)
+        self.transitions.labels("up" if up else "down").inc()
+
+
 @dataclass(slots=True)
 class _Lease:
     trials_seen: int
@@ -115,6 +138,7 @@ class Cluster:
         self._leases: dict[str, _Lease] = {}
         self._asked_after: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._pubsub: PubSub | None = None
 
     async def start(self) -> None:
         """Join: hook into the breakers and the health checker, subscribe, read the hashes."""
@@ -125,6 +149,8 @@ class Cluster:
             shared.health.gate = self._may_probe
             shared.health.on_status = self._health_status
         self.link.listen(self._link_changed)
+        if self.link.up:  # serve on the shared state from the first request
+            self._pubsub = await self._subscribe()
         self._spawn(self._subscribe_forever(), "kairos-cluster-subscribe")
         self._spawn(self._publish_forever(), "kairos-cluster-publish")
         if self._trials:
@@ -135,6 +161,9 @@ class Cluster:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._pubsub is not None:
+            await _close(self._pubsub)
+            self._pubsub = None
         for backend in list(self._leases):
             with contextlib.suppress(RedisUnavailable):
                 await self._give_up(backend)
@@ -280,23 +309,40 @@ class Cluster:
             with contextlib.suppress(RedisUnavailable):
                 await self.link.call(run)
 
+    async def _subscribe(self) -> PubSub | None:
+        """Subscribe, then read the hashes (so nothing published in between is missed); None
+        when Redis does not answer."""
+        pubsub = self.link.client.pubsub()
+        try:
+            async with asyncio.timeout(BACKGROUND_TIMEOUT_S):
+                await pubsub.subscribe(self._circuits, self._health)
+            await self._rejoin()
+        except (RedisError, OSError, TimeoutError, RedisUnavailable) as exc:
+            self.link.failed(f"subscription failed: {type(exc).__name__}: {exc}")
+            await _close(pubsub)
+            return None
+        return pubsub
+
     async def _subscribe_forever(self) -> None:
         while True:
-            await self.link.wait_up()
-            pubsub = self.link.client.pubsub()
+            if self._pubsub is None:
+                await self.link.wait_up()
+                self._pubsub = await self._subscribe()
+                if self._pubsub is None:
+                    await asyncio.sleep(RESUBSCRIBE_PAUSE_S)
+                    continue
             try:
-                await pubsub.subscribe(self._circuits, self._health)
-                await self._rejoin()
                 while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    message = await self._pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=1.0
+                    )
                     if message is not None:
                         self._received(message["channel"], message["data"])
-            except (RedisError, OSError, RedisUnavailable) as exc:
+            except (RedisError, OSError) as exc:
                 self.link.failed(f"subscription lost: {type(exc).__name__}: {exc}")
+                await _close(self._pubsub)
+                self._pubsub = None
                 await asyncio.sleep(RESUBSCRIBE_PAUSE_S)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _received(self, channel: bytes, data: bytes) -> None:
         try:
@@ -359,3 +405,8 @@ class Cluster:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+
+async def _close(pubsub: PubSub) -> None:
+    with contextlib.suppress(Exception):
+        await pubsub.aclose()  # type: ignore[no-untyped-call]

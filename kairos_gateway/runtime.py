@@ -10,9 +10,16 @@ the running config kept. ``SIGHUP`` triggers the same reload. Admin API edits go
 validated first, written atomically, then swapped in; the file watcher then sees a file whose
 content is already running and does nothing.
 
-Listener settings (``server.host``/``port``/``workers``, ``admin.host``/``port``) are read only at
-start: a change that reaches them is applied everywhere else and reported as "restart required"
-(a WARNING line, the ``reload`` event and the admin API's reload result).
+Start settings (``server.host``/``port``/``workers``, ``admin.host``/``port``,
+``cluster.redis_url``/``key_prefix``) are read only at start: a change that reaches them is
+applied everywhere else and reported as "restart required" (a WARNING line, the ``reload`` event
+and the admin API's reload result).
+
+Cluster mode (``cluster.redis_url``): rate-limit counters in Redis
+(:class:`~kairos_core.redislimits.RedisLimits`), breaker and health-check state kept in step
+with the other workers and instances (:class:`~kairos_core.cluster.Cluster`), both over one
+:class:`~kairos_core.redislink.RedisLink` whose state is ``/ready``'s Redis condition.
+``cluster.redis_timeout_ms`` and ``on_redis_error`` apply at every reload.
 
 Proxied requests never wait for a config change: reading, validating and compiling a config run
 in a worker thread, with the cyclic garbage collector paused (its passes would hold the
@@ -37,6 +44,7 @@ from typing import Any
 
 from kairos_core import __version__
 from kairos_core.admin import AdminService, VersionConflict, if_match_allows
+from kairos_core.cluster import Cluster, ClusterMetrics
 from kairos_core.config import (
     ConfigError,
     ConfigIssue,
@@ -45,6 +53,7 @@ from kairos_core.config import (
     load_config,
     validate_document,
 )
+from kairos_core.config.models import ClusterConfig
 from kairos_core.config.rules import restart_required
 from kairos_core.config.store import write_atomically
 from kairos_core.events import Event
@@ -52,6 +61,8 @@ from kairos_core.forwarding import is_loopback
 from kairos_core.h1client import H1Upstream
 from kairos_core.metrics import Metrics
 from kairos_core.pipeline import Pipeline, RequestRecord
+from kairos_core.redislimits import RedisLimits
+from kairos_core.redislink import RedisLink
 from kairos_core.state import RuntimeState, SharedState, build_state, compile_state
 from kairos_core.upstream import AiohttpUpstream, UpstreamClient
 from kairos_gateway.accesslog import AccessLog
@@ -79,8 +90,18 @@ class GatewayRuntime:
         self.upstream: UpstreamClient = (
             AiohttpUpstream() if upstream_client == "aiohttp" else H1Upstream()
         )
-        self.shared = SharedState(upstream=self.upstream)
+        settings = loaded.config.cluster
+        self.link: RedisLink | None = None
+        self.counters: RedisLimits | None = None
+        if settings.redis_url:
+            self.link = RedisLink(settings.redis_url, timeout_ms=settings.redis_timeout_ms)
+            self.counters = RedisLimits(self.link, settings.key_prefix, settings.on_redis_error)
+        self.shared = SharedState(upstream=self.upstream, counters=self.counters)
         self.metrics = Metrics(__version__)
+        self.cluster: Cluster | None = None
+        if self.link is not None:
+            self.cluster = Cluster(self.link, self.shared, settings.key_prefix)
+            self.link.listen(ClusterMetrics(self.metrics.registry).link_changed)
         self.shared.events.subscribe(self._count_event)
         state = compile_state(loaded, self.shared)
         self.pipeline = Pipeline(state, self.upstream, on_record=self._on_record)
@@ -107,6 +128,9 @@ class GatewayRuntime:
         self._starts += 1
         if self._starts > 1:
             return
+        if self.link is not None and self.cluster is not None:
+            await self.link.start()
+            await self.cluster.start()
         self._configure_health()
         self._spawn(self._watch_config(), "kairos-config-watch")
         self._spawn(self._tick_forever(), "kairos-metrics-tick")
@@ -124,6 +148,10 @@ class GatewayRuntime:
         self.access_log.flush()
         if self.shared.health is not None:
             await self.shared.health.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
+        if self.link is not None:
+            await self.link.stop()
         await self.shared.ai.close()
         await self.upstream.close()
 
@@ -193,6 +221,7 @@ class GatewayRuntime:
         loaded = state.loaded
         state.configure_breakers()
         self.pipeline.swap(state)
+        self._configure_cluster(loaded.config.cluster)
         self._configure_health()
         self.metrics.reload("success")
         pending = self.restart_required(loaded)
@@ -284,9 +313,16 @@ class GatewayRuntime:
         return self.state.unroutable()
 
     def cluster_ready(self) -> bool:
-        """Whether the shared cluster state (Redis) is reachable. Cluster mode does not exist
-        yet, so nothing can be unreachable: this is the hook its Redis check plugs into."""
-        return True
+        """Whether the shared cluster state (Redis) is reachable (always, without a cluster)."""
+        return self.link is None or self.link.up
+
+    def _configure_cluster(self, settings: ClusterConfig) -> None:
+        """What a reload may change of cluster mode: the Redis timeout and the error policy
+        (the URL and key prefix wait for a restart); new backends read their shared state."""
+        if self.link is not None and self.counters is not None and self.cluster is not None:
+            self.link.timeout_s = settings.redis_timeout_ms / 1000
+            self.counters.on_redis_error = settings.on_redis_error
+            self.cluster.rejoin_soon()
 
     def mark_listening(self) -> None:
         """Both listeners are bound (called by ``main`` once their sockets are)."""
@@ -320,6 +356,11 @@ class GatewayRuntime:
             self.metrics.ai_decision(data["route"], data["source"], data["latency_ms"] / 1000)
         elif event.type == "circuit":
             data = event.data
+            if data.get("origin") == "cluster":  # counted where it happened
+                log.info(
+                    "circuit %s: %s -> %s (cluster)", data["backend"], data["from"], data["to"]
+                )
+                return
             self.metrics.transition(data["backend"], data["from"], data["to"])
             log.warning("circuit %s: %s -> %s", data["backend"], data["from"], data["to"])
 
