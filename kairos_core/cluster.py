@@ -93,11 +93,12 @@ return 0
 
 
 class ClusterMetrics:
-    """``kairos_cluster_redis_up`` (1 while the link is up) and
+    """``kairos_cluster_redis_up`` (1 while the links are up) and
     ``kairos_cluster_redis_transitions_total{state}`` (``up``, ``down``), on the gateway's
     registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self._links: dict[int | None, bool] = {}
         self.up = Gauge(
             "kairos_cluster_redis_up", "1 while the cluster Redis answers", registry=registry
         )
@@ -108,8 +109,11 @@ class ClusterMetrics:
             registry=registry,
         )
 
-    def link_changed(self, up: bool) -> None:
-        self.up.set(1 if up else 0)
+    def link_changed(self, up: bool, worker: int | None = None) -> None:
+        """This process's link (or, in a multi-worker instance's admin process, the link of the
+        worker with this pid) went up or down: the gauge is 1 only while every link is up."""
+        self._links[worker] = up
+        self.up.set(1 if all(self._links.values()) else 0)
         self.transitions.labels("up" if up else "down").inc()
 
 

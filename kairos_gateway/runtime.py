@@ -38,7 +38,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ from kairos_core.config.store import write_atomically
 from kairos_core.events import Event
 from kairos_core.forwarding import is_loopback
 from kairos_core.h1client import H1Upstream
-from kairos_core.metrics import Metrics
+from kairos_core.metrics import Metrics, RequestSample
 from kairos_core.pipeline import Pipeline, RequestRecord
 from kairos_core.redislimits import RedisLimits
 from kairos_core.redislink import RedisLink
@@ -99,10 +99,14 @@ class GatewayRuntime:
         self.shared = SharedState(upstream=self.upstream, counters=self.counters)
         self.metrics = Metrics(__version__)
         self.cluster: Cluster | None = None
-        if self.link is not None:
-            self.cluster = Cluster(self.link, self.shared, settings.key_prefix)
-            self.link.listen(ClusterMetrics(self.metrics.registry).link_changed)
+        self.cluster_metrics = ClusterMetrics(self.metrics.registry) if self.link else None
         self.shared.events.subscribe(self._count_event)
+        # Multi-worker instances (kairos_gateway.workers) set these after the fork:
+        self.serves_proxy = True  # false in the admin process: it never takes a trial lease
+        self.observe: Callable[[RequestSample], None] = self.metrics.observe
+        self.peer_links: dict[int, bool] = {}  # each worker's Redis link, as the admin sees it
+        self.swap_listeners: list[Callable[[RuntimeState], None]] = []
+        self.propagate: Callable[[str], Awaitable[None]] | None = None  # a write reaches workers
         state = compile_state(loaded, self.shared)
         self.pipeline = Pipeline(state, self.upstream, on_record=self._on_record)
         self.admin = AdminService(self)
@@ -128,8 +132,11 @@ class GatewayRuntime:
         self._starts += 1
         if self._starts > 1:
             return
-        if self.link is not None and self.cluster is not None:
+        if self.link is not None and self.cluster_metrics is not None:
+            self.link.listen(self.cluster_metrics.link_changed)
             await self.link.start()
+            prefix = self.state.config.cluster.key_prefix
+            self.cluster = Cluster(self.link, self.shared, prefix, trials=self.serves_proxy)
             await self.cluster.start()
         self._configure_health()
         self._spawn(self._watch_config(), "kairos-config-watch")
@@ -171,6 +178,8 @@ class GatewayRuntime:
                 raise
             if loaded.version != self.state.version:
                 self._swap(await asyncio.to_thread(build_state, loaded, self.shared), reason)
+                if self.propagate is not None:
+                    await self.propagate(loaded.version)
             return loaded
 
     async def apply_edit(
@@ -197,6 +206,8 @@ class GatewayRuntime:
             written = await asyncio.to_thread(write_atomically, self.config_path, loaded.document)
             self._swap(state, reason)
             self._written_digest = hashlib.sha256(written).hexdigest()
+            if self.propagate is not None:
+                await self.propagate(loaded.version)
             return before, loaded
 
     def _load_if_changed(self) -> LoadedConfig | None:
@@ -236,6 +247,8 @@ class GatewayRuntime:
         else:
             log.info("config applied (%s): version %s", reason, loaded.version)
         log_config_issues(loaded)
+        for listener in self.swap_listeners:
+            listener(state)
         self.shared.events.publish(
             "reload",
             {
@@ -313,8 +326,9 @@ class GatewayRuntime:
         return self.state.unroutable()
 
     def cluster_ready(self) -> bool:
-        """Whether the shared cluster state (Redis) is reachable (always, without a cluster)."""
-        return self.link is None or self.link.up
+        """Whether the shared cluster state (Redis) is reachable (always, without a cluster):
+        from this process and, in a multi-worker instance's admin process, from every worker."""
+        return self.link is None or (self.link.up and all(self.peer_links.values()))
 
     def _configure_cluster(self, settings: ClusterConfig) -> None:
         """What a reload may change of cluster mode: the Redis timeout and the error policy
@@ -372,7 +386,7 @@ class GatewayRuntime:
     # --- per request ------------------------------------------------------------------------------
 
     def _on_record(self, record: RequestRecord) -> None:
-        self.metrics.observe(record.sample())
+        self.observe(record.sample())
         self.access_log.add(record)
 
 
