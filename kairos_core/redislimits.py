@@ -1,6 +1,8 @@
 """Rate-limit counters in Redis, shared by every worker and instance (DESIGN.md §8).
 
-Rule: a limited request costs **one** Redis round trip, whatever its policy: one ``EVALSHA`` of
+Rule: a limited request costs **one** Redis round trip, whatever its policy: one ``EVALSHA`` (on
+the request path's pipelined connection, :mod:`kairos_core.redispipe`; after a Redis restart the
+first one loads the script again) of
 :data:`SCRIPT` charges every key of the request (all parts of a Composite, in order) atomically
 and answers, per key, whether it passed, what remains, and the milliseconds until the window
 resets and until a refused request may retry — what the ``RateLimit-*`` headers need, exactly.
@@ -33,14 +35,14 @@ to six round trips where this script costs one.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any, Literal
-
-from redis.asyncio import Redis
 
 from kairos_core.errors import GatewayError
 from kairos_core.ratelimit import Charge, LimitDecision, MemoryLimits, capacity
 from kairos_core.redislink import RedisLink, RedisUnavailable
+from kairos_core.redispipe import RedisPipe, RespError
 
 SCRIPT = """
 if redis.replicate_commands then redis.replicate_commands() end
@@ -116,6 +118,7 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 _KINDS = {"FixedWindow": "F", "SlidingWindow": "S", "TokenBucket": "T"}
 OnRedisError = Literal["allow", "deny"]
 
@@ -128,7 +131,6 @@ class RedisLimits:
     ) -> None:
         self._link = link
         self._prefix = key_prefix
-        self._script = link.client.register_script(SCRIPT)
         self.on_redis_error: OnRedisError = on_redis_error  # set again at every config swap
 
     async def charge(self, charges: Sequence[Charge], local: MemoryLimits) -> list[LimitDecision]:
@@ -150,8 +152,14 @@ class RedisLimits:
             )
             limits.append(limit)
 
-        async def run(client: Redis) -> Any:
-            return await self._script(keys=keys, args=args, client=client)
+        async def run(pipe: RedisPipe) -> Any:
+            try:
+                return await pipe.call("EVALSHA", SCRIPT_SHA, len(keys), *keys, *args)
+            except RespError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+            await pipe.call("SCRIPT", "LOAD", SCRIPT)  # Redis restarted, or its cache was flushed
+            return await pipe.call("EVALSHA", SCRIPT_SHA, len(keys), *keys, *args)
 
         try:
             reply = await self._link.request(run)

@@ -4,10 +4,11 @@ Rule: the link is **up** or **down**, like a breaker for Redis itself.
 
 - It starts down and comes up at the first PING Redis answers (:meth:`RedisLink.start` sends
   one and returns within ``STARTUP_TIMEOUT_S`` either way).
-- While up, a call made on the request path (:meth:`RedisLink.request`) waits at most
-  ``timeout_ms`` (``cluster.redis_timeout_ms``); a call made off it (:meth:`RedisLink.call`:
-  pub/sub, leases, state loads) waits at most ``BACKGROUND_TIMEOUT_S``. A call that fails
-  (connection refused or lost, timeout, an error reply) raises :class:`RedisUnavailable`;
+- While up, a call made on the request path (:meth:`RedisLink.request`, on the pipelined
+  connection of :mod:`kairos_core.redispipe`) waits at most ``timeout_ms``
+  (``cluster.redis_timeout_ms``); a call made off it (:meth:`RedisLink.call`, on redis-py's
+  client: pub/sub, leases, state loads) waits at most ``BACKGROUND_TIMEOUT_S``. A call that
+  fails (connection refused or lost, timeout, an error reply) raises :class:`RedisUnavailable`;
   ``FAILURES_TO_DOWN`` (3) failures in a row take the link down, a call that succeeds resets
   the count.
 - While down, request-path calls raise :class:`RedisUnavailable` at once, without trying Redis
@@ -16,7 +17,8 @@ Rule: the link is **up** or **down**, like a breaker for Redis itself.
 - Each transition logs one line (WARNING down, INFO up) and is told to every listener
   (metrics, and the cluster sync, which reloads the shared state when the link comes back).
 
-The client never retries on its own (one call is one attempt) and never decodes replies.
+Neither client retries on its own (one call is one attempt) nor decodes replies. Going down
+closes the request path's connection (what waits on it fails at once).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+
+from kairos_core.redispipe import RedisPipe, RespError
 
 log = logging.getLogger("kairos.cluster")
 T = TypeVar("T")
@@ -68,6 +72,7 @@ class RedisLink:
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
+        self.pipe = RedisPipe(url, connect_timeout_s=BACKGROUND_TIMEOUT_S)
         self.up = False
         self._failures = 0
         self._listeners: list[Listener] = []
@@ -81,7 +86,7 @@ class RedisLink:
     async def start(self) -> None:
         """PING once (bounded); down and probing in the background if Redis does not answer."""
         try:
-            await self._call(lambda r: r.ping(), STARTUP_TIMEOUT_S)  # up on success
+            await self.call(lambda r: r.ping(), STARTUP_TIMEOUT_S)  # up on success
         except RedisUnavailable as exc:
             self._go_down(str(exc))
 
@@ -91,22 +96,23 @@ class RedisLink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe
             self._probe = None
+        self.pipe.close()
         with contextlib.suppress(Exception):
             await self.client.aclose()
 
-    async def request(self, operation: Callable[[Redis], Awaitable[T]]) -> T:
+    async def request(self, operation: Callable[[RedisPipe], Awaitable[T]]) -> T:
         """One call on the request path: at once :class:`RedisUnavailable` while down, else
         bounded by ``timeout_ms``."""
         if not self.up:
             raise RedisUnavailable(f"cluster Redis {self.address} is down")
-        return await self._call(operation, self.timeout_s)
+        return await self._call(lambda: operation(self.pipe), self.timeout_s)
 
     async def call(
         self, operation: Callable[[Redis], Awaitable[T]], timeout_s: float = BACKGROUND_TIMEOUT_S
     ) -> T:
         """One call off the request path (tried even while down: it may be what finds Redis
         back), bounded by ``timeout_s``."""
-        return await self._call(operation, timeout_s)
+        return await self._call(lambda: operation(self.client), timeout_s)
 
     async def wait_up(self) -> None:
         """Return once the link is up."""
@@ -118,11 +124,11 @@ class RedisLink:
         """A call that talks to Redis outside :meth:`call` (pub/sub) lost it."""
         self._failed(reason)
 
-    async def _call(self, operation: Callable[[Redis], Awaitable[T]], timeout_s: float) -> T:
+    async def _call(self, operation: Callable[[], Awaitable[T]], timeout_s: float) -> T:
         try:
             async with asyncio.timeout(timeout_s):
-                result = await operation(self.client)
-        except (RedisError, OSError, TimeoutError) as exc:
+                result = await operation()
+        except (RedisError, RespError, OSError, TimeoutError) as exc:
             reason = _reason(exc, timeout_s)
             self._failed(reason)
             raise RedisUnavailable(f"cluster Redis {self.address}: {reason}") from exc
@@ -138,6 +144,7 @@ class RedisLink:
 
     def _go_down(self, reason: str) -> None:
         self.up = False
+        self.pipe.close()
         log.warning(
             "cluster Redis %s is unreachable (%s): requests that need it get "
             "cluster.on_redis_error until it answers",
@@ -172,7 +179,7 @@ class RedisLink:
         while not self.up:
             await asyncio.sleep(PROBE_INTERVAL_S)
             with contextlib.suppress(RedisUnavailable):
-                await self._call(lambda r: r.ping(), BACKGROUND_TIMEOUT_S)
+                await self.call(lambda r: r.ping())
         self._probe = None
 
 

@@ -47,7 +47,7 @@ async def test_it_starts_up_when_redis_answers(
 ) -> None:
     link = await started(links, redis_server.url)
     assert link.up
-    assert await link.request(lambda r: r.ping()) is True
+    assert await link.request(lambda pipe: pipe.call("PING")) == "PONG"
 
 
 async def test_it_starts_down_without_redis_and_the_request_path_never_waits(
@@ -58,7 +58,7 @@ async def test_it_starts_down_without_redis_and_the_request_path_never_waits(
     assert not link.up
     started_at = time.perf_counter()
     with pytest.raises(RedisUnavailable, match="is down"):
-        await link.request(lambda r: r.ping())
+        await link.request(lambda pipe: pipe.call("PING"))
     assert time.perf_counter() - started_at < 0.005
     (line,) = [r for r in caplog.records if r.name == "kairos.cluster"]
     assert line.levelno == logging.WARNING
@@ -72,15 +72,15 @@ async def test_failures_in_a_row_take_it_down_and_a_success_resets_the_count(
     heard: list[bool] = []
     link.listen(heard.append)
     for _ in range(FAILURES_TO_DOWN - 1):
-        with pytest.raises(RedisUnavailable, match="ResponseError"):
-            await link.request(lambda r: r.execute_command("NO-SUCH-COMMAND"))
-    await link.request(lambda r: r.ping())
+        with pytest.raises(RedisUnavailable, match="RespError: ERR unknown command"):
+            await link.request(lambda pipe: pipe.call("NO-SUCH-COMMAND"))
+    await link.request(lambda pipe: pipe.call("PING"))
     for _ in range(FAILURES_TO_DOWN - 1):
         with pytest.raises(RedisUnavailable):
-            await link.request(lambda r: r.execute_command("NO-SUCH-COMMAND"))
+            await link.request(lambda pipe: pipe.call("NO-SUCH-COMMAND"))
     assert link.up and heard == []
     with pytest.raises(RedisUnavailable):
-        await link.request(lambda r: r.execute_command("NO-SUCH-COMMAND"))
+        await link.request(lambda pipe: pipe.call("NO-SUCH-COMMAND"))
     assert not link.up and heard == [False]
 
 
@@ -88,18 +88,18 @@ async def test_a_redis_that_never_answers_costs_a_request_its_timeout_only(
     redis_server: RedisServer, links: list[RedisLink]
 ) -> None:
     link = await started(links, redis_server.url, timeout_ms=30)
-    await link.request(lambda r: r.ping())  # a pooled connection exists
+    await link.request(lambda pipe: pipe.call("PING"))  # the connection is open
     redis_server.pause()
     try:
         for _ in range(FAILURES_TO_DOWN):
             started_at = time.perf_counter()
             with pytest.raises(RedisUnavailable, match="no answer within 30 ms"):
-                await link.request(lambda r: r.ping())
+                await link.request(lambda pipe: pipe.call("PING"))
             assert time.perf_counter() - started_at < 0.030 + 0.050
         assert not link.up
         started_at = time.perf_counter()
         with pytest.raises(RedisUnavailable, match="is down"):
-            await link.request(lambda r: r.ping())
+            await link.request(lambda pipe: pipe.call("PING"))
         assert time.perf_counter() - started_at < 0.005
     finally:
         redis_server.resume()
@@ -116,12 +116,12 @@ async def test_a_killed_redis_is_noticed_and_its_return_brings_the_link_back(
     redis_server.stop()
     for _ in range(FAILURES_TO_DOWN):
         with pytest.raises(RedisUnavailable):
-            await link.request(lambda r: r.ping())
+            await link.request(lambda pipe: pipe.call("PING"))
     assert heard == [False]
     redis_server.start()
     await await_until(lambda: link.up, PROBE_INTERVAL_S * 4, "link up")
     assert heard == [False, True]
-    assert await link.request(lambda r: r.ping()) is True
+    assert await link.request(lambda pipe: pipe.call("PING")) == "PONG"
     messages = [r.getMessage() for r in caplog.records if r.name == "kairos.cluster"]
     assert [m.split(" ")[3] for m in messages[-2:]] == ["is", "answers"], messages
 

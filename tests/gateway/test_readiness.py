@@ -74,7 +74,7 @@ async def test_unreachable_redis_matters_only_under_on_redis_error_deny(
         redis_server.stop()
         for _ in range(FAILURES_TO_DOWN):
             with contextlib.suppress(RedisUnavailable):
-                await clustered.link.request(lambda r: r.ping())
+                await clustered.link.request(lambda pipe: pipe.call("PING"))
         assert (clustered.not_ready_reasons() == []) is ready
     finally:
         await clustered.link.stop()

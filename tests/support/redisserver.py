@@ -28,9 +28,10 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 class RedisServer:
     """One redis-server process on a fixed port; restartable."""
 
-    def __init__(self) -> None:
+    def __init__(self, *extra_args: str) -> None:
         self.port = free_port()
         self.url = f"redis://{LOOPBACK}:{self.port}/0"
+        self.extra_args = extra_args  # e.g. ("--requirepass", "s3cret")
         self.process: ManagedProcess | None = None
         self._client: redis.Redis | None = None
 
@@ -47,6 +48,7 @@ class RedisServer:
             "no",
             "--protected-mode",
             "no",
+            *self.extra_args,
         ]
         self.process = ManagedProcess(args, name=f"redis-{self.port}").start()
         wait_for_port(LOOPBACK, self.port, 10, process=self.process)
@@ -80,7 +82,12 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         if self._client is None:
-            self._client = redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=5)
+            password = None
+            if "--requirepass" in self.extra_args:
+                password = self.extra_args[self.extra_args.index("--requirepass") + 1]
+            self._client = redis.Redis(
+                host=LOOPBACK, port=self.port, password=password, socket_timeout=5
+            )
         return self._client
 
     def command_calls(self) -> dict[str, int]:
