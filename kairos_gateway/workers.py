@@ -104,6 +104,7 @@ class WorkerReporter:
         self._samples: list[tuple[float, RequestSample]] = []
         self._pid = 0
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def start(self, app: Sanic[Any, Any], _: Any = None) -> None:
         self._pid = os.getpid()
@@ -126,11 +127,13 @@ class WorkerReporter:
                 await self._task
         self._flush()
         self._send("bye")
+        self._closed = True  # what happens after (the runtime stopping) is not reported
         self._feed.close()
         await asyncio.to_thread(self._feed.join_thread)  # everything sent before exiting
 
     def _send(self, kind: str, *payload: Any) -> None:
-        self._feed.put((kind, self._pid, *payload))
+        if not self._closed:
+            self._feed.put((kind, self._pid, *payload))
 
     def _sample(self, sample: RequestSample) -> None:
         self._samples.append((time.time(), sample))

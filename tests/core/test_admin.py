@@ -254,3 +254,16 @@ def test_validation_reports_every_issue_with_its_code(service: AdminService) -> 
     assert result.valid is False
     assert {i.code for i in result.errors} == {"bad_port", "unknown_key"}
     assert service.validate_config(DOCUMENT).valid
+
+
+def test_the_workers_rule_answers_as_kairos_validate_does(service: AdminService) -> None:
+    without = service.validate_config({**DOCUMENT, "server": {"workers": 2}})
+    assert without.valid is False
+    (issue,) = without.errors
+    assert (issue.path, issue.code) == ("server.workers", "workers_need_redis")
+    assert issue.message == (
+        "workers = 2 needs 'cluster.redis_url': in-memory rate limits and breakers would be "
+        "per worker"
+    )
+    clustered = {"server": {"workers": 2}, "cluster": {"redis_url": "redis://10.0.0.5:6379/0"}}
+    assert service.validate_config({**DOCUMENT, **clustered}).valid

@@ -246,3 +246,24 @@ def test_kairos_validate_accepts_the_config_the_gateway_runs_with_two_workers(
     validated = CliRunner().invoke(cli_app, ["validate", str(instance.config_path), "--json"])
     assert validated.exit_code == 0, validated.stdout
     assert json.loads(validated.stdout)["errors"] == []
+
+
+def test_under_deny_ready_follows_every_workers_redis_link(
+    redis_server: RedisServer, upstreams: list[Upstream], gateway_factory: StartGateway
+) -> None:
+    config = workers_config(redis_server, upstreams)
+    config["cluster"]["on_redis_error"] = "deny"
+    gateway = gateway_factory(config)
+    wait_until(lambda: ready(gateway), 10, "both workers started")
+    redis_server.stop()
+
+    wait_until(lambda: not ready(gateway), 3, "/ready 503 once Redis is gone")
+    refused = [get(gateway, "/limited/FixedWindow") for _ in range(20)]
+    assert {r.status_code for r in refused} == {503}
+    assert {r.json()["type"] for r in refused} == {"cluster_unavailable"}
+    assert len(workers_seen(refused)) == 2
+    assert get(gateway, "/plain").status_code == 200
+
+    redis_server.start()
+    wait_until(lambda: ready(gateway), 5, "ready again")
+    assert get(gateway, "/limited/FixedWindow").status_code == 200

@@ -3,7 +3,6 @@
 ``RedisServer.start()`` runs it without persistence; ``stop()`` kills it (SIGKILL, as a crash
 would) and a later ``start()`` brings it back on the same port, empty. ``pause()`` / ``resume()``
 stop and continue the process (a Redis that accepts connections but never answers).
-``command_calls()`` reads ``INFO commandstats`` (commands run inside scripts included);
 ``client_commands()`` records, through ``MONITOR``, the commands clients sent (one per round
 trip; what scripts run inside Redis is left out).
 """
@@ -90,14 +89,6 @@ class RedisServer:
             )
         return self._client
 
-    def command_calls(self) -> dict[str, int]:
-        """Calls per command since the last reset (``INFO commandstats``), e.g.
-        ``{"evalsha": 12, "ping": 1}``; the INFO call itself is not counted."""
-        stats = self.client().info("commandstats")
-        calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
-        calls["info"] = calls.get("info", 1) - 1
-        return {name: count for name, count in calls.items() if count}
-
     @contextlib.contextmanager
     def client_commands(self) -> Iterator[list[str]]:
         """The commands clients send while the block runs, upper-cased with their first
@@ -127,9 +118,6 @@ class RedisServer:
                 reader.join(10)
                 captured.extend(seen)
         monitor_client.close()
-
-    def reset_stats(self) -> None:
-        self.client().config_resetstat()
 
     def __enter__(self) -> Self:
         return self.start()
