@@ -116,6 +116,11 @@ class ClusterMetrics:
         self.up.set(1 if all(self._links.values()) else 0)
         self.transitions.labels("up" if up else "down").inc()
 
+    def forget(self, worker: int) -> None:
+        """The worker with this pid has stopped."""
+        self._links.pop(worker, None)
+        self.up.set(1 if all(self._links.values()) else 0)
+
 
 @dataclass(slots=True)
 class _Lease:

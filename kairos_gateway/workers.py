@@ -278,14 +278,12 @@ class AdminCollector:
         elif kind == "transition":
             runtime.metrics.transition(*payload)
         elif kind == "link":
-            runtime.peer_links[pid] = payload[0]
-            if runtime.cluster_metrics is not None:
-                runtime.cluster_metrics.link_changed(payload[0], pid)
+            self._link(pid, payload[0])
         elif kind == "state":
             version, in_flight, link_up = payload
             self._versions[pid] = version
             self.in_flight.report(pid, in_flight)
-            runtime.peer_links[pid] = link_up
+            self._link(pid, link_up)
         elif kind == "hello":
             self._started.add(pid)
             self._running.add(pid)
@@ -295,7 +293,19 @@ class AdminCollector:
             self._versions.pop(pid, None)
             self.in_flight.forget(pid)
             runtime.peer_links.pop(pid, None)
+            if runtime.cluster_metrics is not None:
+                runtime.cluster_metrics.forget(pid)
         self._heard.set()
+
+    def _link(self, pid: int, up: bool) -> None:
+        """A worker's Redis link, from its transitions and its state reports (the first
+        report tells one that went up or down before its reporter started)."""
+        runtime = self._runtime
+        if runtime.peer_links.get(pid) == up:
+            return
+        runtime.peer_links[pid] = up
+        if runtime.cluster_metrics is not None:
+            runtime.cluster_metrics.link_changed(up, pid)
 
     def _decision(self, data: dict[str, Any]) -> None:
         fields = {k: v for k, v in data.items() if k not in ("id", "status", "upstream_ms")}

@@ -258,6 +258,7 @@ def test_under_deny_ready_follows_every_workers_redis_link(
     redis_server.stop()
 
     wait_until(lambda: not ready(gateway), 3, "/ready 503 once Redis is gone")
+    assert prometheus_sum(gateway, "kairos_cluster_redis_up") == 0
     refused = [get(gateway, "/limited/FixedWindow") for _ in range(20)]
     assert {r.status_code for r in refused} == {503}
     assert {r.json()["type"] for r in refused} == {"cluster_unavailable"}
@@ -267,3 +268,6 @@ def test_under_deny_ready_follows_every_workers_redis_link(
     redis_server.start()
     wait_until(lambda: ready(gateway), 5, "ready again")
     assert get(gateway, "/limited/FixedWindow").status_code == 200
+    assert prometheus_sum(gateway, "kairos_cluster_redis_up") == 1
+    # the admin process's link and each worker's went down once
+    assert prometheus_sum(gateway, 'kairos_cluster_redis_transitions_total{state="down"}') == 3
