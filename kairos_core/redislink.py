@@ -3,7 +3,8 @@
 Rule: the link is **up** or **down**, like a breaker for Redis itself.
 
 - It starts down and comes up at the first PING Redis answers (:meth:`RedisLink.start` sends
-  one and returns within ``STARTUP_TIMEOUT_S`` either way).
+  one and returns within ``STARTUP_TIMEOUT_S`` either way). Coming up opens the request path's
+  connection at once, so that the first request does not pay for the connect.
 - While up, a call made on the request path (:meth:`RedisLink.request`, on the pipelined
   connection of :mod:`kairos_core.redispipe`) waits at most ``timeout_ms``
   (``cluster.redis_timeout_ms``); a call made off it (:meth:`RedisLink.call`, on redis-py's
@@ -77,6 +78,7 @@ class RedisLink:
         self._failures = 0
         self._listeners: list[Listener] = []
         self._probe: asyncio.Task[None] | None = None
+        self._opening: asyncio.Task[None] | None = None
         self._came_up = asyncio.Event()
 
     def listen(self, listener: Listener) -> None:
@@ -91,6 +93,9 @@ class RedisLink:
             self._go_down(str(exc))
 
     async def stop(self) -> None:
+        if self._opening is not None:
+            with contextlib.suppress(Exception):
+                await self._opening
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -162,6 +167,7 @@ class RedisLink:
         self.up = True
         self._failures = 0
         self._came_up.set()
+        self._opening = asyncio.get_running_loop().create_task(self._open_pipe())
         if was_probing:
             log.info("cluster Redis %s answers again: shared state resumes", self.address)
         else:
@@ -174,6 +180,11 @@ class RedisLink:
                 listener(up)
             except Exception:
                 log.exception("a Redis link listener failed")
+
+    async def _open_pipe(self) -> None:
+        """The request path's connection, opened now rather than by the first request."""
+        with contextlib.suppress(OSError, RespError, TimeoutError):
+            await self.pipe.open()
 
     async def _probe_until_up(self) -> None:
         while not self.up:

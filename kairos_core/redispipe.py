@@ -5,7 +5,8 @@ in order (Redis answers in the order it reads). A caller that gives up (its time
 gone) keeps its place in that order and its reply is dropped when it arrives, so the connection
 never needs closing to stay in step; it closes when it is lost, or when :meth:`RedisPipe.close`
 is called (the link went down), and every command still waiting then fails with
-``ConnectionError``. The connection opens at the first command after that, authenticating and
+``ConnectionError``. The connection opens at the first command after that (or at
+:meth:`RedisPipe.open`), authenticating and
 selecting the database the URL names (``redis://[user:password@]host:port/db``, ``rediss://``
 with the system's default TLS settings, ``unix:///path?db=N``). Replies are RESP2: a simple
 string (``str``), an error (raised as :class:`RespError`), an integer, a bulk string
@@ -149,6 +150,12 @@ class RedisPipe:
         if protocol is None or protocol.lost:
             protocol = await self._open()
         return await self._send(protocol, args)
+
+    async def open(self) -> None:
+        """Open the connection ahead of the first command (which would otherwise wait for the
+        connect within its own timeout)."""
+        if self._protocol is None or self._protocol.lost:
+            await self._open()
 
     def close(self) -> None:
         """Close the connection now; the commands waiting on it fail."""

@@ -29,7 +29,7 @@ async def links() -> AsyncIterator[list[RedisLink]]:
         await link.stop()
 
 
-async def started(links: list[RedisLink], url: str, timeout_ms: int = 50) -> RedisLink:
+async def started(links: list[RedisLink], url: str, timeout_ms: int = 500) -> RedisLink:
     link = RedisLink(url, timeout_ms=timeout_ms)
     links.append(link)
     await link.start()
@@ -48,6 +48,14 @@ async def test_it_starts_up_when_redis_answers(
     link = await started(links, redis_server.url)
     assert link.up
     assert await link.request(lambda pipe: pipe.call("PING")) == "PONG"
+
+
+async def test_coming_up_opens_the_request_paths_connection(
+    redis_server: RedisServer, links: list[RedisLink]
+) -> None:
+    await started(links, redis_server.url)
+    # the link's PING connection, the request path's, and this test's own client
+    await await_until(lambda: len(redis_server.client().client_list()) == 3, 2, "3 clients")
 
 
 async def test_it_starts_down_without_redis_and_the_request_path_never_waits(
