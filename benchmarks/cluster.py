@@ -9,16 +9,18 @@ route (``PerIP``, a fixed window too large ever to refuse: every request is char
 - ``1 worker, memory``: no cluster, counters in the process (the baseline of the Redis cost);
 - ``1 worker, Redis``: ``cluster.redis_url`` set, one worker;
 - ``2 workers, Redis``: the same with ``server.workers: 2``;
-- ``2 instances, Redis``: two one-worker instances on the same Redis, loaded at once by two wrk
-  processes with half the connections each (their requests/s added, the worse p50 and p99).
+- ``2 instances, Redis``: two one-worker instances on the same Redis.
 
-Each round runs wrk (``-t1``) against every target in turn; the report gives medians over rounds,
-the throughput of each Redis target as a ratio to ``1 worker, Redis``, and the Redis cost per
-limited request: round trips (``INFO commandstats``: client calls, not the commands the script
-runs), the gateway's CPU time per request with Redis minus without, the p50 it adds, and Redis's
-own CPU time per request. On a small machine wrk, the backend, Redis and the gateways share the
-cores, so the ratios say more than the absolute figures; ``--json`` prints them too. Nothing here
-runs in the test suite.
+Every target is loaded by two wrk processes (``-t1``, half the connections each; for the two
+instances, one each), their requests/s added and the worse p50 and p99 kept, so the load
+generator is the same for all. Each round runs every target in turn; the report gives medians
+over rounds, the throughput of each target as a ratio to ``1 worker, Redis``, the gateway's CPU
+time per request (every process of the instance: workers and admin process included), and the
+Redis cost per limited request: round trips (``INFO commandstats``: client calls, not the
+commands the script runs), the gateway's CPU time per request with Redis minus without, the p50
+it adds, and Redis's own CPU time per request. On a small machine wrk, the backend, Redis and
+the gateways share the cores, so the ratios say more than the absolute figures; ``--json``
+prints them too. Nothing here runs in the test suite.
 """
 
 from __future__ import annotations
@@ -103,10 +105,11 @@ class Target:
     redis: RedisServer | None
 
     def run(self, seconds: int, connections: int) -> Result:
-        share = max(connections // len(self.urls), 1)
+        urls = self.urls if len(self.urls) > 1 else self.urls * 2
+        share = max(connections // len(urls), 1)
         cpu_before = sum(cpu_seconds(group) for group in self.groups)
         redis_before = self._redis_usage()
-        runs = [wrk(url, seconds, share) for url in self.urls]
+        runs = [wrk(url, seconds, share) for url in urls]
         outputs = [run.communicate()[0] for run in runs]
         results = [parse_wrk(output) for output in outputs]
         redis_after = self._redis_usage()
@@ -291,17 +294,28 @@ def report(results: dict[str, list[Result]], backend: str, args: argparse.Namesp
         f" in all, {args.duration} s, {args.rounds} interleaved rounds, medians; "
         f"{os.cpu_count()} cores"
     )
-    print(f"{'target':22s} {'req/s':>9s} {'vs 1 worker, Redis':>19s} {'p50 ms':>8s} {'p99 ms':>8s}")
+    print(
+        f"{'target':22s} {'req/s':>9s} {'vs 1 worker, Redis':>19s} {'p50 ms':>8s} "
+        f"{'p99 ms':>8s} {'CPU µs/req':>11s}"
+    )
     baseline = median(BASELINE, lambda r: r.rps)
     figures: dict[str, dict[str, float]] = {}
-    for name in results:
-        rps = median(name, lambda r: r.rps)
-        p50, p99 = median(name, lambda r: r.p50_ms), median(name, lambda r: r.p99_ms)
-        figures[name] = {"rps": rps, "ratio": rps / baseline, "p50_ms": p50, "p99_ms": p99}
-        print(f"{name:22s} {rps:9.0f} {rps / baseline:19.2f} {p50:8.2f} {p99:8.2f}")
 
     def per_request(name: str, field: Callable[[Result], float]) -> float:
         return statistics.median(field(r) / r.requests for r in results[name] if r.requests)
+
+    for name in results:
+        rps = median(name, lambda r: r.rps)
+        p50, p99 = median(name, lambda r: r.p50_ms), median(name, lambda r: r.p99_ms)
+        cpu_us = per_request(name, lambda r: r.gateway_cpu_s) * 1e6
+        figures[name] = {
+            "rps": rps,
+            "ratio": rps / baseline,
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "gateway_cpu_us": cpu_us,
+        }
+        print(f"{name:22s} {rps:9.0f} {rps / baseline:19.2f} {p50:8.2f} {p99:8.2f} {cpu_us:11.0f}")
 
     memory_cpu_us = per_request("1 worker, memory", lambda r: r.gateway_cpu_s) * 1e6
     redis_cpu_us = per_request(BASELINE, lambda r: r.gateway_cpu_s) * 1e6
