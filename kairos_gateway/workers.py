@@ -74,7 +74,13 @@ def serve_workers(
 
     @proxy.main_process_ready
     async def start_admin_process(app: Sanic[Any, Any], _: Any) -> None:
-        kwargs = {"runtime": runtime, "sock": admin_socket, "feed": feed, "workers": workers}
+        kwargs = {
+            "runtime": runtime,
+            "proxy": proxy,
+            "sock": admin_socket,
+            "feed": feed,
+            "workers": workers,
+        }
         app.manager.manage(ADMIN_PROCESS, serve_admin_process, kwargs)
 
         def pass_on(signum: int, frame: Any) -> None:
@@ -318,13 +324,16 @@ class AdminCollector:
 
 
 def serve_admin_process(
-    runtime: GatewayRuntime, sock: socket.socket, feed: Feed[Any], workers: int
+    runtime: GatewayRuntime,
+    proxy: Sanic[Any, Any],
+    sock: socket.socket,
+    feed: Feed[Any],
+    workers: int,
 ) -> None:
     """The admin process (started by Sanic's manager): the admin listener on ``sock``."""
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)  # the main process's handlers, until ours are set
-    for name in list(Sanic._app_registry):
-        Sanic.unregister_app(Sanic.get_app(name))  # the proxy app is the workers'
+    Sanic.unregister_app(proxy)  # the workers' (this process would otherwise serve it too)
     collector = AdminCollector(runtime, feed, workers)
     collector.attach()
     admin = build_admin_app(runtime)
