@@ -9,8 +9,8 @@ resets and until a refused request may retry — what the ``RateLimit-*`` header
 The counting is that of :class:`~kairos_core.ratelimit.MemoryLimits`, on Redis's clock (``TIME``)
 so that every process counts on the same one:
 
-- **FixedWindow**: ``INCR``, and ``PEXPIRE`` by ``window_duration`` at the first hit (the key
-  layout and rule of ``limits``' ``incr_expire`` script); a refused hit still counts;
+- **FixedWindow**: ``INCR``, and ``PEXPIRE`` by ``window_duration`` at the first hit (the rule
+  of ``limits``' ``incr_expire`` script); a refused hit still counts;
 - **SlidingWindow**: ``limits``' moving window: a list of hit times, newest first, trimmed to the
   limit; a hit is refused while the limit-th newest is inside the window, and a refused hit is
   not recorded;
