@@ -251,9 +251,10 @@ class ConfigDocument(_Wire):
 class ReloadResult(_Wire):
     """``POST /api/config/reload`` and ``PUT /api/config``.
 
-    ``restart_required`` names the listener settings (``server.host``, ``server.port``,
-    ``server.workers``, ``admin.host``, ``admin.port``) in which the running config differs from
-    the one the gateway started with: they take effect only at the next restart.
+    ``restart_required`` names the settings read only at start (``server.host``,
+    ``server.port``, ``server.workers``, ``admin.host``, ``admin.port``, ``cluster.redis_url``,
+    ``cluster.key_prefix``) in which the running config differs from the one the gateway started
+    with: they take effect only at the next restart.
     """
 
     reloaded: bool

@@ -23,6 +23,18 @@ concurrent caller through) and the lazy open → half-open move at admission tim
 ``force_open`` / ``force_close`` come from the admin API. The policy of a backend is the
 ``circuit_breaker`` block of the first route (in config order) that uses it, else the global
 block.
+
+Sharing (cluster mode, :mod:`kairos_core.cluster`): every process keeps its own breakers and
+the request path reads only them. A local change (a transition, a forced open or close) is
+told to the registry's ``on_change`` hook, which publishes it; a change another process
+published is applied with :meth:`BackendBreaker.apply_remote`: an open takes the publisher's
+``opened_at`` (every process's timeout ends together), a close closes and forgets failures, a
+half-open is ignored (trials are the lease holder's). An applied change is a transition here
+too (stale outcomes are dropped as for any transition), but it goes to the remote sink, never
+to the transition sink nor back to ``on_change``. While a breaker's ``may_trial`` is false
+(its process does not hold the backend's trial lease), it admits nothing once open, even past
+the timeout, nor while half-open: the whole cluster sends at most ``half_open_max_calls``
+trials at once.
 """
 
 from __future__ import annotations
@@ -45,6 +57,8 @@ _STATE_NAMES: dict[str, State] = {
     pybreaker.STATE_HALF_OPEN: "half_open",
 }
 TransitionSink = Callable[[str, State, State], None]
+ChangeSink = Callable[["BackendBreaker", State], None]
+"""Told of a local change: the breaker and the state it is now in."""
 
 
 class _Failure(Exception):
@@ -121,6 +135,10 @@ class _Storage:
     def restart_open_timeout(self) -> None:
         self._storage.opened_at = datetime.now(UTC)
 
+    def set_opened_at(self, timestamp: float) -> None:
+        """Another process opened the breaker at ``timestamp`` (its timeout is ours)."""
+        self._storage.opened_at = datetime.fromtimestamp(timestamp, UTC)
+
     def forget_failures(self) -> None:
         self._storage.reset_counter()
 
@@ -128,7 +146,15 @@ class _Storage:
 class BackendBreaker:
     """pybreaker's state machine plus the half-open gate for one backend."""
 
-    def __init__(self, backend: str, policy: CircuitBreakerConfig, sink: TransitionSink) -> None:
+    def __init__(
+        self,
+        backend: str,
+        policy: CircuitBreakerConfig,
+        sink: TransitionSink,
+        *,
+        remote_sink: TransitionSink | None = None,
+        on_change: ChangeSink | None = None,
+    ) -> None:
         self.backend = backend
         self.policy = policy
         self._breaker = pybreaker.CircuitBreaker(
@@ -140,9 +166,15 @@ class BackendBreaker:
         )
         self._storage = _Storage(self._breaker)
         self._sink = sink
+        self._remote_sink = remote_sink or sink
+        self._on_change = on_change or (lambda breaker, state: None)
         self._trials = 0
         self._generation = 0  # bumped by every transition; outcomes from older ones are stale
         self._state: State = _STATE_NAMES[self._breaker.current_state]  # kept by _transitioned
+        self._applying_remote = False
+        self.may_trial = True  # false: another process of the cluster holds the trial lease
+        self.trials_started = 0  # trials admitted so far (the lease holder's proof of use)
+        self.changed_at = 0.0  # wall-clock time of the last change seen here (local or remote)
 
     def configure(self, policy: CircuitBreakerConfig) -> None:
         """Apply a new policy (after a reload) without losing the current state."""
@@ -163,7 +195,7 @@ class BackendBreaker:
         state = self._state
         if state == "closed":
             return True
-        if state == "open" and not self._timeout_elapsed():
+        if not self.may_trial or (state == "open" and not self._timeout_elapsed()):
             return False
         return self._trials < self.policy.half_open_max_calls
 
@@ -178,7 +210,13 @@ class BackendBreaker:
         trial = self.state == "half_open"
         if trial:
             self._trials += 1
+            self.trials_started += 1
         return Trial(self, trial, self._generation)
+
+    @property
+    def opened_at(self) -> float | None:
+        """When it last opened (wall-clock seconds), whatever its state now."""
+        return self._opened_at()
 
     def seconds_until_half_open(self) -> float:
         if self.state != "open":
@@ -189,19 +227,47 @@ class BackendBreaker:
         return max(0.0, opened + self.policy.reset_timeout_s - time.time())
 
     def force_open(self) -> None:
-        """Open now (restarting the timeout); a no-op transition is not reported."""
+        """Open now (restarting the timeout); a no-op transition is not reported, but the
+        change (a new ``opened_at``) is."""
         if self.state == "open":
             self._storage.restart_open_timeout()
+            self._changed("open")
             return
         self._breaker.open()
 
     def force_close(self) -> None:
-        """Close now and forget the failure count; a no-op transition is not reported."""
+        """Close now and forget the failure count; a no-op transition is not reported, but the
+        change (a reset) is."""
         self._trials = 0
         if self.state == "closed":
             self._storage.forget_failures()
+            self._changed("closed")
             return
         self._breaker.close()
+
+    @property
+    def trials_in_flight(self) -> int:
+        return self._trials
+
+    def apply_remote(self, state: State, opened_at: float | None, at: float | None = None) -> None:
+        """Take a change another worker or instance published at ``at`` (see the module
+        docstring)."""
+        self._applying_remote = True
+        try:
+            if state == "open":
+                if self.state != "open":
+                    self._breaker.open()
+                if opened_at is not None:
+                    self._storage.set_opened_at(opened_at)
+            elif state == "closed":
+                self._trials = 0
+                if self.state == "closed":
+                    self._storage.forget_failures()
+                else:
+                    self._breaker.close()
+        finally:
+            self._applying_remote = False
+        self.changed_at = at if at is not None else time.time()
 
     def snapshot(self) -> BreakerSnapshot:
         opened = self._opened_at() if self.state != "closed" else None
@@ -223,7 +289,15 @@ class BackendBreaker:
     def _transitioned(self, backend: str, old: State, new: State) -> None:
         self._state = new
         self._generation += 1
+        if self._applying_remote:
+            self._remote_sink(backend, old, new)
+            return
         self._sink(backend, old, new)
+        self._changed(new)  # pybreaker tells listeners before its own state reads ``new``
+
+    def _changed(self, state: State) -> None:
+        self.changed_at = time.time()
+        self._on_change(self, state)
 
     def _report(self, failed: bool, generation: int) -> None:
         if generation != self._generation or self.state == "open":
@@ -246,9 +320,16 @@ class BackendBreaker:
 class BreakerRegistry:
     """Every backend's breaker, kept across reloads for backends that still exist."""
 
-    def __init__(self, on_transition: TransitionSink | None = None) -> None:
+    def __init__(
+        self,
+        on_transition: TransitionSink | None = None,
+        on_remote_transition: TransitionSink | None = None,
+    ) -> None:
         self._breakers: dict[str, BackendBreaker] = {}
         self._on_transition = on_transition or (lambda backend, old, new: None)
+        self._on_remote_transition = on_remote_transition or self._on_transition
+        self.on_change: ChangeSink | None = None  # set by a cluster sync: publish local changes
+        self.leased_trials = False  # cluster mode: trials only with the backend's trial lease
 
     def configure(self, policies: Iterable[tuple[str, CircuitBreakerConfig]]) -> None:
         """Make the registry hold exactly these backends, each with its policy."""
@@ -261,7 +342,14 @@ class BreakerRegistry:
         for backend, policy in wanted.items():
             breaker = self._breakers.get(backend)
             if breaker is None:
-                self._breakers[backend] = BackendBreaker(backend, policy, self._notify)
+                breaker = self._breakers[backend] = BackendBreaker(
+                    backend,
+                    policy,
+                    self._notify,
+                    remote_sink=self._notify_remote,
+                    on_change=self._changed,
+                )
+                breaker.may_trial = not self.leased_trials
             elif breaker.policy != policy:
                 breaker.configure(policy)
 
@@ -271,5 +359,19 @@ class BreakerRegistry:
     def __iter__(self) -> Any:
         return iter(self._breakers.values())
 
+    def lease_trials(self, leased: bool) -> None:
+        """Cluster mode on (trials need the backend's lease: every breaker stops trialling until
+        its process takes one) or off (this process decides alone, as without a cluster)."""
+        self.leased_trials = leased
+        for breaker in self._breakers.values():
+            breaker.may_trial = not leased
+
     def _notify(self, backend: str, old: State, new: State) -> None:
         self._on_transition(backend, old, new)
+
+    def _notify_remote(self, backend: str, old: State, new: State) -> None:
+        self._on_remote_transition(backend, old, new)
+
+    def _changed(self, breaker: BackendBreaker, state: State) -> None:
+        if self.on_change is not None:
+            self.on_change(breaker, state)

@@ -26,6 +26,7 @@ ErrorType = Literal[
     "uri_too_long",
     "header_too_large",
     "expectation_failed",
+    "cluster_unavailable",
     "internal",
 ]
 
@@ -44,6 +45,7 @@ STATUS: dict[str, int] = {
     "uri_too_long": 414,
     "header_too_large": 431,
     "expectation_failed": 417,
+    "cluster_unavailable": 503,
     "internal": 500,
 }
 

@@ -9,6 +9,12 @@ healthy, and state survives reloads for backends that keep their probe. A backen
 out within ``unhealthy_threshold × interval_s`` of failing, and back within
 ``healthy_threshold × interval_s`` of recovering. Probes never share the request path's timeouts
 or retries, and the first probe runs at once.
+
+Sharing (cluster mode, :mod:`kairos_core.cluster`): before each probe the checker asks its
+``gate`` whether this process is the backend's prober (one prober per backend across the
+cluster); when it is not, it skips the probe. After each probe it runs, it hands the backend's
+status to ``on_status`` (to publish); a status another process's probe produced is taken as is
+with :meth:`HealthChecker.apply_remote` (a flip it brings is told to ``on_remote_change``).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from kairos_core.config.models import HealthCheckConfig
@@ -24,6 +30,8 @@ from kairos_core.upstream import UpstreamClient, UpstreamError, UpstreamRequest
 
 log = logging.getLogger("kairos.health")
 HealthSink = Callable[[str, bool], None]
+ProbeGate = Callable[[str], Awaitable[bool]]
+StatusSink = Callable[[str, "BackendHealth"], None]
 
 
 @dataclass(slots=True)
@@ -40,9 +48,18 @@ class BackendHealth:
 class HealthChecker:
     """One probe task per backend with a ``health_check_path``."""
 
-    def __init__(self, upstream: UpstreamClient, on_change: HealthSink | None = None) -> None:
+    def __init__(
+        self,
+        upstream: UpstreamClient,
+        on_change: HealthSink | None = None,
+        *,
+        on_remote_change: HealthSink | None = None,
+    ) -> None:
         self._upstream = upstream
         self._on_change = on_change or (lambda backend, healthy: None)
+        self._on_remote_change = on_remote_change or self._on_change
+        self.gate: ProbeGate | None = None  # set by a cluster sync: is this process the prober?
+        self.on_status: StatusSink | None = None  # set by a cluster sync: publish a status
         self._config = HealthCheckConfig()
         self._status: dict[str, BackendHealth] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -66,6 +83,30 @@ class HealthChecker:
                     self._probe_forever(key), name=f"health {key}"
                 )
 
+    @property
+    def config(self) -> HealthCheckConfig:
+        return self._config
+
+    def apply_remote(
+        self, key: str, healthy: bool, passes: int, failures: int, last_error: str | None
+    ) -> None:
+        """Take the status another process's probe produced for a backend probed here too."""
+        status = self._status.get(key)
+        if status is None:
+            return
+        status.consecutive_passes = passes
+        status.consecutive_failures = failures
+        status.last_error = last_error
+        if status.healthy != healthy:
+            status.healthy = healthy
+            log.warning(
+                "backend %s is now %s (probed by another process: %s)",
+                key,
+                "healthy" if healthy else "unhealthy",
+                last_error or "probe passed",
+            )
+            self._on_remote_change(key, healthy)
+
     def is_healthy(self, backend: str) -> bool:
         status = self._status.get(backend)
         return status is None or status.healthy
@@ -88,8 +129,11 @@ class HealthChecker:
             status = self._status.get(key)
             if status is None:
                 return
-            error = await self._probe(status.url)
-            self._record(key, status, error)
+            if self.gate is None or await self.gate(key):
+                error = await self._probe(status.url)
+                self._record(key, status, error)
+                if self.on_status is not None:
+                    self.on_status(key, status)
             await asyncio.sleep(self._config.interval_s)
 
     async def _probe(self, url: str) -> str | None:

@@ -370,6 +370,13 @@ class Metrics:
         if len(self._pending) >= MAX_PENDING:
             self.fold()
 
+    def observe_at(self, at: float, sample: RequestSample) -> None:
+        """:meth:`observe` for a request that finished at ``at`` (wall-clock seconds) in another
+        process: a multi-worker instance's admin process counts its workers' requests."""
+        self._pending.append((at, sample))
+        if len(self._pending) >= MAX_PENDING:
+            self.fold()
+
     def fold(self) -> None:
         """Move every pending sample into the Prometheus series and the rolling windows.
 

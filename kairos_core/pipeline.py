@@ -86,6 +86,17 @@ _ID_PREFIX = os.urandom(11).hex()
 _ID_COUNTER = itertools.count(1)
 """Generated request ids: a random per-process prefix and a counter (32 hex characters, the
 length of a UUID's hex form; no syscall per request)."""
+
+
+def _new_id_prefix() -> None:
+    """A forked worker (``server.workers > 1``) draws its own prefix: the parent's would repeat
+    ids."""
+    global _ID_PREFIX, _ID_COUNTER
+    _ID_PREFIX = os.urandom(11).hex()
+    _ID_COUNTER = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)
 BUFFER_BODY_BYTES = 64 * 1024
 AI_BODY_BYTES = 1024 * 1024
 """An AI route reads a declared body up to this size before choosing (to show it to the LLM)."""

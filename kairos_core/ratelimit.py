@@ -24,6 +24,10 @@ with the same key but different numbers are two counters (a per-second burst lim
 per-minute one on the same client IP). Responses of a limited route carry
 ``RateLimit-Limit``, ``RateLimit-Remaining`` (of the tightest key) and ``RateLimit-Reset``
 (seconds until the window resets, or until the bucket is full); a 429 adds ``Retry-After``.
+
+Where the counters live is no policy's business (:class:`RateLimiter`): this process's memory by
+default (:class:`MemoryLimits`), Redis in cluster mode (:mod:`kairos_core.redislimits`: the same
+windows and bucket, shared by every worker and instance).
 """
 
 from __future__ import annotations
@@ -32,14 +36,9 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import InitVar, dataclass
+from typing import Protocol
 
 from limits import RateLimitItemPerSecond
-from limits.aio.strategies import (
-    FixedWindowRateLimiter,
-    MovingWindowRateLimiter,
-)
-from limits.aio.strategies import RateLimiter as RateLimiterStrategy
-from limits.storage import storage_from_string
 from limits.storage import storage_from_string as sync_storage_from_string
 from limits.strategies import FixedWindowRateLimiter as SyncFixedWindow
 from limits.strategies import MovingWindowRateLimiter as SyncMovingWindow
@@ -188,54 +187,67 @@ class TokenBuckets:
         self._buckets = {k: v for k, v in self._buckets.items() if v[2] > now}
 
 
-class RateLimiter:
-    """Checks a request against its policy's keys; windows via ``limits``, buckets in memory.
+Charge = tuple[RateLimitConfig, str]
+"""One counter to charge: the numbers it enforces and its key."""
 
-    ``storage_uri`` picks where window counters live (``memory://`` by default; ``redis://...``
-    for clusters) — the policies never know which. In memory, ``limits``' synchronous storage is
-    used (nothing there ever waits, so coroutines would only add overhead); any other storage
-    goes through ``limits``' asyncio strategies.
-    """
 
-    def __init__(self, storage_uri: str = "memory://") -> None:
-        self._in_memory = storage_uri.startswith("memory://")
-        self._sync: dict[str, SyncStrategy] = {}
-        self._async: dict[str, RateLimiterStrategy] = {}
-        if self._in_memory:
-            storage = sync_storage_from_string(storage_uri)
-            self._sync = {
-                "FixedWindow": SyncFixedWindow(storage),
-                "SlidingWindow": SyncMovingWindow(storage),
-            }
-        else:
-            shared = storage_from_string(f"async+{storage_uri}")
-            self._async = {
-                "FixedWindow": FixedWindowRateLimiter(shared),
-                "SlidingWindow": MovingWindowRateLimiter(shared),
-            }
+class SharedCounters(Protocol):
+    """Counters every worker and instance share (:class:`~kairos_core.redislimits.RedisLimits`):
+    the decision of each charge, in order; ``local`` decides when the shared store cannot and
+    its ``on_redis_error`` policy says so."""
+
+    async def charge(
+        self, charges: Sequence[Charge], local: MemoryLimits
+    ) -> Sequence[LimitDecision]: ...
+
+
+class MemoryLimits:
+    """Counters in this process: windows in ``limits``' synchronous memory storage (nothing there
+    ever waits, so coroutines would only add overhead), token buckets in :class:`TokenBuckets`."""
+
+    def __init__(self) -> None:
+        storage = sync_storage_from_string("memory://")
+        self._windows: dict[str, SyncStrategy] = {
+            "FixedWindow": SyncFixedWindow(storage),
+            "SlidingWindow": SyncMovingWindow(storage),
+        }
         self._buckets = TokenBuckets()
 
-    async def check(self, policy: RateLimitConfig, keys: Sequence[LimitKey]) -> LimitDecision:
-        """Charge every key against its own numbers (its Composite part's, else ``policy``'s);
-        the request passes only if all of them allow it."""
-        decisions = [await self._check_one(key.policy or policy, key.key) for key in keys]
-        refused = [d for d in decisions if not d.allowed]
-        if refused:
-            return max(refused, key=lambda d: d.retry_after_s)
-        return min(decisions, key=lambda d: d.remaining)
+    def charge(self, charges: Sequence[Charge]) -> list[LimitDecision]:
+        return [self._charge_one(policy, key) for policy, key in charges]
 
-    async def _check_one(self, policy: RateLimitConfig, key: str) -> LimitDecision:
+    def _charge_one(self, policy: RateLimitConfig, key: str) -> LimitDecision:
         limit = capacity(policy)
         if policy.window_type == "TokenBucket":
             return self._buckets.take(key, limit, refill_per_second(policy))
         item = RateLimitItemPerSecond(limit, policy.window_duration)
-        if self._in_memory:
-            sync = self._sync[policy.window_type]
-            allowed = sync.hit(item, key)
-            stats = sync.get_window_stats(item, key)
-        else:
-            strategy = self._async[policy.window_type]
-            allowed = await strategy.hit(item, key)
-            stats = await strategy.get_window_stats(item, key)
+        window = self._windows[policy.window_type]
+        allowed = window.hit(item, key)
+        stats = window.get_window_stats(item, key)
         reset_s = max(stats.reset_time - time.time(), 0.0)
         return LimitDecision(allowed, limit, stats.remaining, reset_s, reset_s)
+
+
+class RateLimiter:
+    """Checks a request against its policy's keys; the policies never know where the counters
+    live. Without ``shared`` they are this process's (:class:`MemoryLimits`); with it (cluster
+    mode) every worker and instance charges the same counters, and this process's own decide
+    only when the shared store cannot answer and ``cluster.on_redis_error`` is ``allow``.
+    """
+
+    def __init__(self, shared: SharedCounters | None = None) -> None:
+        self.local = MemoryLimits()
+        self.shared = shared
+
+    async def check(self, policy: RateLimitConfig, keys: Sequence[LimitKey]) -> LimitDecision:
+        """Charge every key against its own numbers (its Composite part's, else ``policy``'s);
+        the request passes only if all of them allow it."""
+        charges = [(key.policy or policy, key.key) for key in keys]
+        if self.shared is None:
+            decisions: Sequence[LimitDecision] = self.local.charge(charges)
+        else:
+            decisions = await self.shared.charge(charges, self.local)
+        refused = [d for d in decisions if not d.allowed]
+        if refused:
+            return max(refused, key=lambda d: d.retry_after_s)
+        return min(decisions, key=lambda d: d.remaining)

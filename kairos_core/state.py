@@ -34,7 +34,7 @@ from kairos_core.errors import GatewayError
 from kairos_core.events import EventBus
 from kairos_core.forwarding import Networks, parse_networks
 from kairos_core.health import HealthChecker
-from kairos_core.ratelimit import RateLimiter
+from kairos_core.ratelimit import RateLimiter, SharedCounters
 from kairos_core.retry import RetryBudget
 from kairos_core.routing import RouteSpec, RouteTable
 from kairos_core.selection import (
@@ -96,13 +96,19 @@ class SharedState:
     """
 
     def __init__(
-        self, *, upstream: UpstreamClient | None = None, storage_uri: str = "memory://"
+        self, *, upstream: UpstreamClient | None = None, counters: SharedCounters | None = None
     ) -> None:
         self.events = EventBus()
         self.in_flight = InFlight()
-        self.breakers = BreakerRegistry(on_transition=self._circuit_event)
-        self.limiter = RateLimiter(storage_uri)
-        self.health = HealthChecker(upstream, self._health_event) if upstream else None
+        self.breakers = BreakerRegistry(
+            on_transition=self._circuit_event, on_remote_transition=self._shared_circuit_event
+        )
+        self.limiter = RateLimiter(counters)
+        self.health = (
+            HealthChecker(upstream, self._health_event, on_remote_change=self._shared_health_event)
+            if upstream
+            else None
+        )
         self.observations = BackendObservations()
         self.ai = AiSelector(DecisionLog(self._ai_event))
         self._budgets: dict[str, RetryBudget] = {}
@@ -142,10 +148,22 @@ class SharedState:
         self.events.publish("ai_decision", decision_data(decision))
 
     def _health_event(self, backend: str, healthy: bool) -> None:
-        self.events.publish("health", {"backend": backend, "healthy": healthy})
+        self.events.publish("health", {"backend": backend, "healthy": healthy, "origin": "local"})
+
+    def _shared_health_event(self, backend: str, healthy: bool) -> None:
+        """A flip another process's probe found (cluster mode)."""
+        self.events.publish("health", {"backend": backend, "healthy": healthy, "origin": "cluster"})
 
     def _circuit_event(self, backend: str, old: State, new: State) -> None:
-        self.events.publish("circuit", {"backend": backend, "from": old, "to": new})
+        self.events.publish(
+            "circuit", {"backend": backend, "from": old, "to": new, "origin": "local"}
+        )
+
+    def _shared_circuit_event(self, backend: str, old: State, new: State) -> None:
+        """A transition another worker or instance published, applied here (cluster mode)."""
+        self.events.publish(
+            "circuit", {"backend": backend, "from": old, "to": new, "origin": "cluster"}
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,8 @@
 
 A config that does not validate is reported (the same issues ``kairos validate`` prints, the
 ``server.workers`` rule included) and the process exits with status 1 before binding any port;
+``server.workers`` above 1 runs that many worker processes on the proxy listener and one admin
+process (:mod:`kairos_gateway.workers`);
 the warnings of one that does are logged at WARNING. Both listeners are bound before either is
 announced or served: if one address cannot be bound (in use, not local, not permitted), one line
 on stderr names it and the reason, and the process exits with status 1 with nothing running.
@@ -28,6 +30,7 @@ from kairos_gateway.admin import build_admin_app
 from kairos_gateway.app import build_proxy_app
 from kairos_gateway.proxy_protocol import ProxyProtocol
 from kairos_gateway.runtime import GatewayRuntime, log_config_issues
+from kairos_gateway.workers import serve_workers
 
 LISTEN_BACKLOG = 1024
 
@@ -118,7 +121,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     runtime.admin_host = args.admin_host or config.admin.host
     proxy = build_proxy_app(runtime)
-    admin = build_admin_app(runtime)
     proxy_host, proxy_port = args.host or config.server.host, args.port or config.server.port
     admin_host = args.admin_host or config.admin.host
     admin_port = args.admin_port or config.admin.port
@@ -137,13 +139,15 @@ def main(argv: list[str] | None = None) -> None:
         raise
     runtime.mark_listening()  # both listeners are bound: /ready may say so
     proxy.ctx.proxy_listener.socket = proxy_socket
-    proxy.prepare(sock=proxy_socket, protocol=ProxyProtocol, single_process=True, motd=False)
-    admin.prepare(sock=admin_socket, single_process=True, motd=False)
+    workers = config.server.workers
+    admin = build_admin_app(runtime) if workers == 1 else None  # else the admin process's
     logging.getLogger("kairos.gateway").info(
-        "kairos %s: proxy on http://%s:%d, admin on http://%s:%d, %d route(s)",
+        "kairos %s: proxy on http://%s:%d (%d worker%s), admin on http://%s:%d, %d route(s)",
         __version__,
         proxy_host,
         proxy_port,
+        workers,
+        "" if workers == 1 else "s",
         admin_host,
         admin_port,
         len(config.routers),
@@ -153,6 +157,11 @@ def main(argv: list[str] | None = None) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+    if admin is None:
+        serve_workers(runtime, proxy, proxy_socket, admin_socket, workers)
+        return
+    proxy.prepare(sock=proxy_socket, protocol=ProxyProtocol, single_process=True, motd=False)
+    admin.prepare(sock=admin_socket, single_process=True, motd=False)
     Sanic.serve_single(primary=proxy)
 
 

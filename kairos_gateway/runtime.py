@@ -10,9 +10,16 @@ the running config kept. ``SIGHUP`` triggers the same reload. Admin API edits go
 validated first, written atomically, then swapped in; the file watcher then sees a file whose
 content is already running and does nothing.
 
-Listener settings (``server.host``/``port``/``workers``, ``admin.host``/``port``) are read only at
-start: a change that reaches them is applied everywhere else and reported as "restart required"
-(a WARNING line, the ``reload`` event and the admin API's reload result).
+Start settings (``server.host``/``port``/``workers``, ``admin.host``/``port``,
+``cluster.redis_url``/``key_prefix``) are read only at start: a change that reaches them is
+applied everywhere else and reported as "restart required" (a WARNING line, the ``reload`` event
+and the admin API's reload result).
+
+Cluster mode (``cluster.redis_url``): rate-limit counters in Redis
+(:class:`~kairos_core.redislimits.RedisLimits`), breaker and health-check state kept in step
+with the other workers and instances (:class:`~kairos_core.cluster.Cluster`), both over one
+:class:`~kairos_core.redislink.RedisLink` whose state is ``/ready``'s Redis condition.
+``cluster.redis_timeout_ms`` and ``on_redis_error`` apply at every reload.
 
 Proxied requests never wait for a config change: reading, validating and compiling a config run
 in a worker thread, with the cyclic garbage collector paused (its passes would hold the
@@ -31,12 +38,13 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from kairos_core import __version__
 from kairos_core.admin import AdminService, VersionConflict, if_match_allows
+from kairos_core.cluster import Cluster, ClusterMetrics
 from kairos_core.config import (
     ConfigError,
     ConfigIssue,
@@ -45,13 +53,16 @@ from kairos_core.config import (
     load_config,
     validate_document,
 )
+from kairos_core.config.models import ClusterConfig
 from kairos_core.config.rules import restart_required
 from kairos_core.config.store import write_atomically
 from kairos_core.events import Event
 from kairos_core.forwarding import is_loopback
 from kairos_core.h1client import H1Upstream
-from kairos_core.metrics import Metrics
+from kairos_core.metrics import Metrics, RequestSample
 from kairos_core.pipeline import Pipeline, RequestRecord
+from kairos_core.redislimits import RedisLimits
+from kairos_core.redislink import RedisLink
 from kairos_core.state import RuntimeState, SharedState, build_state, compile_state
 from kairos_core.upstream import AiohttpUpstream, UpstreamClient
 from kairos_gateway.accesslog import AccessLog
@@ -79,9 +90,23 @@ class GatewayRuntime:
         self.upstream: UpstreamClient = (
             AiohttpUpstream() if upstream_client == "aiohttp" else H1Upstream()
         )
-        self.shared = SharedState(upstream=self.upstream)
+        settings = loaded.config.cluster
+        self.link: RedisLink | None = None
+        self.counters: RedisLimits | None = None
+        if settings.redis_url:
+            self.link = RedisLink(settings.redis_url, timeout_ms=settings.redis_timeout_ms)
+            self.counters = RedisLimits(self.link, settings.key_prefix, settings.on_redis_error)
+        self.shared = SharedState(upstream=self.upstream, counters=self.counters)
         self.metrics = Metrics(__version__)
+        self.cluster: Cluster | None = None
+        self.cluster_metrics = ClusterMetrics(self.metrics.registry) if self.link else None
         self.shared.events.subscribe(self._count_event)
+        # Multi-worker instances (kairos_gateway.workers) set these after the fork:
+        self.serves_proxy = True  # false in the admin process: it never takes a trial lease
+        self.observe: Callable[[RequestSample], None] = self.metrics.observe
+        self.peer_links: dict[int, bool] = {}  # each worker's Redis link, as the admin sees it
+        self.swap_listeners: list[Callable[[RuntimeState], None]] = []
+        self.propagate: Callable[[str], Awaitable[None]] | None = None  # a write reaches workers
         state = compile_state(loaded, self.shared)
         self.pipeline = Pipeline(state, self.upstream, on_record=self._on_record)
         self.admin = AdminService(self)
@@ -107,6 +132,12 @@ class GatewayRuntime:
         self._starts += 1
         if self._starts > 1:
             return
+        if self.link is not None and self.cluster_metrics is not None:
+            self.link.listen(self.cluster_metrics.link_changed)
+            await self.link.start()
+            prefix = self.state.config.cluster.key_prefix
+            self.cluster = Cluster(self.link, self.shared, prefix, trials=self.serves_proxy)
+            await self.cluster.start()
         self._configure_health()
         self._spawn(self._watch_config(), "kairos-config-watch")
         self._spawn(self._tick_forever(), "kairos-metrics-tick")
@@ -124,6 +155,10 @@ class GatewayRuntime:
         self.access_log.flush()
         if self.shared.health is not None:
             await self.shared.health.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
+        if self.link is not None:
+            await self.link.stop()
         await self.shared.ai.close()
         await self.upstream.close()
 
@@ -143,6 +178,8 @@ class GatewayRuntime:
                 raise
             if loaded.version != self.state.version:
                 self._swap(await asyncio.to_thread(build_state, loaded, self.shared), reason)
+                if self.propagate is not None:
+                    await self.propagate(loaded.version)
             return loaded
 
     async def apply_edit(
@@ -169,6 +206,8 @@ class GatewayRuntime:
             written = await asyncio.to_thread(write_atomically, self.config_path, loaded.document)
             self._swap(state, reason)
             self._written_digest = hashlib.sha256(written).hexdigest()
+            if self.propagate is not None:
+                await self.propagate(loaded.version)
             return before, loaded
 
     def _load_if_changed(self) -> LoadedConfig | None:
@@ -193,6 +232,7 @@ class GatewayRuntime:
         loaded = state.loaded
         state.configure_breakers()
         self.pipeline.swap(state)
+        self._configure_cluster(loaded.config.cluster)
         self._configure_health()
         self.metrics.reload("success")
         pending = self.restart_required(loaded)
@@ -207,6 +247,8 @@ class GatewayRuntime:
         else:
             log.info("config applied (%s): version %s", reason, loaded.version)
         log_config_issues(loaded)
+        for listener in self.swap_listeners:
+            listener(state)
         self.shared.events.publish(
             "reload",
             {
@@ -218,7 +260,7 @@ class GatewayRuntime:
         )
 
     def restart_required(self, loaded: LoadedConfig) -> list[str]:
-        """The listener settings ``loaded`` changes from the config this process started with
+        """The start settings ``loaded`` changes from the config this process started with
         (they apply only at the next restart)."""
         return restart_required(self._started_config, loaded.config)
 
@@ -284,9 +326,17 @@ class GatewayRuntime:
         return self.state.unroutable()
 
     def cluster_ready(self) -> bool:
-        """Whether the shared cluster state (Redis) is reachable. Cluster mode does not exist
-        yet, so nothing can be unreachable: this is the hook its Redis check plugs into."""
-        return True
+        """Whether the shared cluster state (Redis) is reachable (always, without a cluster):
+        from this process and, in a multi-worker instance's admin process, from every worker."""
+        return self.link is None or (self.link.up and all(self.peer_links.values()))
+
+    def _configure_cluster(self, settings: ClusterConfig) -> None:
+        """What a reload may change of cluster mode: the Redis timeout and the error policy
+        (the URL and key prefix wait for a restart); new backends read their shared state."""
+        if self.link is not None and self.counters is not None and self.cluster is not None:
+            self.link.timeout_s = settings.redis_timeout_ms / 1000
+            self.counters.on_redis_error = settings.on_redis_error
+            self.cluster.rejoin_soon()
 
     def mark_listening(self) -> None:
         """Both listeners are bound (called by ``main`` once their sockets are)."""
@@ -320,6 +370,11 @@ class GatewayRuntime:
             self.metrics.ai_decision(data["route"], data["source"], data["latency_ms"] / 1000)
         elif event.type == "circuit":
             data = event.data
+            if data.get("origin") == "cluster":  # counted where it happened
+                log.info(
+                    "circuit %s: %s -> %s (cluster)", data["backend"], data["from"], data["to"]
+                )
+                return
             self.metrics.transition(data["backend"], data["from"], data["to"])
             log.warning("circuit %s: %s -> %s", data["backend"], data["from"], data["to"])
 
@@ -331,7 +386,7 @@ class GatewayRuntime:
     # --- per request ------------------------------------------------------------------------------
 
     def _on_record(self, record: RequestRecord) -> None:
-        self.metrics.observe(record.sample())
+        self.observe(record.sample())
         self.access_log.add(record)
 
 

@@ -11,6 +11,7 @@ import pytest
 from tests.support.gateway import Gateway
 from tests.support.pool import UpstreamPool
 from tests.support.procs import Upstream
+from tests.support.redisserver import RedisServer
 
 
 @pytest.fixture
@@ -61,3 +62,11 @@ def ups(upstream_pool: UpstreamPool) -> UpstreamPool:
     """The module's upstream pool, each upstream reset the first time this test asks for it."""
     upstream_pool.next_test()
     return upstream_pool
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh redis-server (Debian package) on a free loopback port."""
+    server = RedisServer().start()
+    yield server
+    server.stop()

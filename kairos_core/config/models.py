@@ -438,9 +438,15 @@ class HealthCheckConfig(_Model):
 
 
 class ClusterConfig(_Model):
+    """``cluster``: state shared through Redis by every worker and instance (rate-limit counters,
+    breaker and health-check results). ``redis_timeout_ms`` bounds each Redis call a request
+    waits for; ``on_redis_error`` says what a request that needs Redis gets while it is
+    unreachable: ``allow`` (served with this process's own state) or ``deny`` (503)."""
+
     redis_url: str | None = None
     key_prefix: str = "kairos"
     on_redis_error: Literal["allow", "deny"] = "allow"
+    redis_timeout_ms: int = Field(default=20, ge=1, le=10_000)
 
 
 class GatewayConfig(_Model):

@@ -585,6 +585,14 @@ def _check_server(config: GatewayConfig, broken: frozenset[str]) -> Iterator[Con
             )
     if server and "cluster" not in broken and (workers := check_workers(config)) is not None:
         yield workers
+    url = config.cluster.redis_url if "cluster" not in broken else None
+    if url is not None and not url.startswith(REDIS_URL_SCHEMES):
+        yield ConfigIssue(
+            "cluster.redis_url",
+            "must be a Redis URL (redis://host:port/db, rediss://... or unix:///path), got "
+            + (f"scheme {url.split('://', 1)[0]!r}" if "://" in url else "no scheme"),
+            code="bad_redis_url",
+        )
     if admin and not is_loopback(config.admin.host) and not config.admin.token:
         yield ConfigIssue(
             "admin.host",
@@ -616,46 +624,44 @@ def _check_server(config: GatewayConfig, broken: frozenset[str]) -> Iterator[Con
         )
 
 
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 def check_workers(config: GatewayConfig) -> ConfigIssue | None:
-    """``server.workers`` above 1 needs ``cluster.redis_url`` (in-memory limits and breakers would
-    be per worker), and multi-worker cluster mode is not available yet, so it is refused even
-    with Redis. ``kairos validate``, the gateway's start and reloads, and the admin API all get
-    this answer from here."""
+    """``server.workers`` above 1 needs ``cluster.redis_url``: in-memory rate limits and breakers
+    would be per worker. ``kairos validate``, the gateway's start and reloads, and the admin API
+    all get this answer from here."""
     workers = config.server.workers
-    if workers <= 1:
+    if workers <= 1 or config.cluster.redis_url:
         return None
-    if not config.cluster.redis_url:
-        return ConfigIssue(
-            "server.workers",
-            f"workers = {workers} needs 'cluster.redis_url': in-memory rate limits and breakers "
-            "would be per worker",
-            code="workers_need_redis",
-        )
     return ConfigIssue(
         "server.workers",
-        f"workers = {workers}: multi-worker cluster mode is not available in this release; "
-        "run one worker per instance",
-        code="workers_unavailable",
+        f"workers = {workers} needs 'cluster.redis_url': in-memory rate limits and breakers "
+        "would be per worker",
+        code="workers_need_redis",
     )
 
 
-def listener_settings(config: GatewayConfig) -> dict[str, str | int]:
-    """The settings read only when the gateway starts: where its listeners bind and how many
-    workers serve. A reload applies everything else; these wait for a restart."""
+def start_settings(config: GatewayConfig) -> dict[str, str | int | None]:
+    """The settings read only when the gateway starts: where its listeners bind, how many
+    workers serve, and the Redis that workers and instances share. A reload applies everything
+    else; these wait for a restart."""
     return {
         "server.host": config.server.host,
         "server.port": config.server.port,
         "server.workers": config.server.workers,
         "admin.host": config.admin.host,
         "admin.port": config.admin.port,
+        "cluster.redis_url": config.cluster.redis_url,
+        "cluster.key_prefix": config.cluster.key_prefix,
     }
 
 
 def restart_required(started: GatewayConfig, new: GatewayConfig) -> list[str]:
     """The listener settings (:func:`listener_settings`) in which ``new`` differs from the config
     the gateway started with: applying ``new`` leaves them as they were until a restart."""
-    before = listener_settings(started)
-    return [key for key, value in listener_settings(new).items() if before[key] != value]
+    before = start_settings(started)
+    return [key for key, value in start_settings(new).items() if before[key] != value]
 
 
 def _check_route_set(routers: Sequence[tuple[int, Router]]) -> Iterator[ConfigIssue]:

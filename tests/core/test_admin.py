@@ -309,3 +309,16 @@ def test_a_write_with_a_body_must_be_json() -> None:
     json_type = {"Content-Type": "application/json; charset=utf-8"}
     assert _access(json_type, method="PUT", has_body=True) is None
     assert _access({}, method="POST", path="/api/config/reload") is None  # no body
+
+
+def test_the_workers_rule_answers_as_kairos_validate_does(service: AdminService) -> None:
+    without = service.validate_config({**DOCUMENT, "server": {"workers": 2}})
+    assert without.valid is False
+    (issue,) = without.errors
+    assert (issue.path, issue.code) == ("server.workers", "workers_need_redis")
+    assert issue.message == (
+        "workers = 2 needs 'cluster.redis_url': in-memory rate limits and breakers would be "
+        "per worker"
+    )
+    clustered = {"server": {"workers": 2}, "cluster": {"redis_url": "redis://10.0.0.5:6379/0"}}
+    assert service.validate_config({**DOCUMENT, **clustered}).valid

@@ -591,3 +591,142 @@ def test_outcomes_of_an_earlier_half_open_period_do_not_count_in_the_next() -> N
     assert breaker.state == "half_open", "a trial of the previous half-open period is stale"
     trial.success()
     assert breaker.state == "closed"
+
+
+# --- sharing (cluster mode) ---------------------------------------------------------------------
+
+
+class Shared:
+    """A registry wired like a cluster member's: local and remote transitions, local changes."""
+
+    def __init__(self, **overrides: object) -> None:
+        self.local = Recorder()
+        self.remote = Recorder()
+        self.changes: list[tuple[State, float | None]] = []
+        self.registry = BreakerRegistry(self.local, self.remote)
+        self.registry.on_change = lambda b, state: self.changes.append(
+            (state, b.opened_at if state == "open" else None)
+        )
+        self.registry.configure([(BACKEND, policy(**overrides))])
+        breaker = self.registry.get(BACKEND)
+        assert breaker is not None
+        self.breaker = breaker
+
+
+def test_a_local_transition_is_a_change_to_publish() -> None:
+    shared = Shared()
+    fail(shared.breaker, 3)
+    opened_at = shared.breaker.snapshot().opened_at
+    assert shared.changes == [("open", opened_at)]
+    assert shared.local.transitions == [(BACKEND, "closed", "open")]
+    assert shared.breaker.changed_at == pytest.approx(time.time(), abs=0.5)
+
+
+def test_forcing_the_state_it_is_already_in_is_still_a_change_to_publish() -> None:
+    shared = Shared()
+    shared.breaker.force_close()
+    shared.breaker.force_open()
+    first = shared.breaker.snapshot().opened_at
+    time.sleep(0.01)
+    shared.breaker.force_open()
+    assert [state for state, _ in shared.changes] == ["closed", "open", "open"]
+    assert shared.changes[2][1] is not None and first is not None
+    assert shared.changes[2][1] > first  # the timeout restarted
+    assert shared.local.transitions == [(BACKEND, "closed", "open")]
+
+
+def test_a_remote_open_takes_the_publishers_opened_at_and_is_no_local_change() -> None:
+    shared = Shared()
+    published_at = time.time() - RESET_S / 2
+
+    shared.breaker.apply_remote("open", published_at)
+
+    assert shared.breaker.state == "open"
+    assert shared.breaker.snapshot().opened_at == pytest.approx(published_at, abs=1e-3)
+    assert 0 < shared.breaker.seconds_until_half_open() <= RESET_S / 2
+    assert shared.remote.transitions == [(BACKEND, "closed", "open")]
+    assert shared.local.transitions == [] and shared.changes == []
+
+
+def test_a_remote_open_of_an_open_breaker_only_moves_its_timeout() -> None:
+    shared = Shared()
+    shared.breaker.force_open()
+    shared.changes.clear()
+    later = time.time() + 5
+
+    shared.breaker.apply_remote("open", later)
+
+    assert shared.breaker.snapshot().next_half_open_at == pytest.approx(later + RESET_S, abs=1e-3)
+    assert shared.remote.transitions == [] and shared.changes == []
+
+
+def test_a_remote_close_closes_and_forgets_failures() -> None:
+    shared = Shared()
+    fail(shared.breaker, 3)
+    shared.breaker.apply_remote("closed", None)
+    assert shared.breaker.state == "closed"
+    assert shared.remote.transitions == [(BACKEND, "open", "closed")]
+
+    fail(shared.breaker, 2)
+    shared.breaker.apply_remote("closed", None)  # a reset elsewhere: the count goes too
+    assert shared.breaker.snapshot().failures == 0
+    fail(shared.breaker, 2)
+    assert shared.breaker.state == "closed"
+
+
+def test_a_remote_half_open_is_ignored() -> None:
+    shared = Shared()
+    shared.breaker.force_open()
+    shared.breaker.apply_remote("half_open", None)
+    assert shared.breaker.state == "open"
+    assert shared.remote.transitions == []
+
+
+def test_a_remote_change_makes_outcomes_admitted_before_it_stale() -> None:
+    shared = Shared(success_threshold=1)
+    fail(shared.breaker, 3)
+    wait_for_half_open(shared.breaker)
+    trial = admitted(shared.breaker)
+    shared.breaker.apply_remote("open", time.time())
+    trial.success()
+    assert shared.breaker.state == "open"
+
+
+def test_without_the_trial_lease_an_open_breaker_admits_nothing_even_when_due() -> None:
+    shared = Shared()
+    shared.registry.lease_trials(True)
+    fail(shared.breaker, 3)
+    wait_for_half_open(shared.breaker)
+    assert shared.breaker.seconds_until_half_open() == 0
+    assert not shared.breaker.admits() and shared.breaker.admit() is None
+    assert shared.breaker.state == "open"
+
+    shared.breaker.may_trial = True  # the lease taken
+    assert admitted(shared.breaker) is not None
+    assert shared.breaker.state == "half_open"
+    assert shared.breaker.trials_started == 1
+
+
+def test_losing_the_trial_lease_while_half_open_stops_further_trials() -> None:
+    shared = Shared(half_open_max_calls=2)
+    fail(shared.breaker, 3)
+    wait_for_half_open(shared.breaker)
+    admitted(shared.breaker)
+    shared.breaker.may_trial = False
+    assert shared.breaker.admit() is None
+
+
+def test_closed_breakers_admit_without_the_lease() -> None:
+    shared = Shared()
+    shared.registry.lease_trials(True)
+    assert shared.breaker.admits()
+
+
+def test_backends_added_in_cluster_mode_start_without_the_lease() -> None:
+    shared = Shared()
+    shared.registry.lease_trials(True)
+    shared.registry.configure([(BACKEND, policy()), (OTHER, policy())])
+    other = shared.registry.get(OTHER)
+    assert other is not None and not other.may_trial
+    shared.registry.lease_trials(False)
+    assert other.may_trial and shared.breaker.may_trial

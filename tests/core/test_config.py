@@ -729,15 +729,17 @@ def test_same_path_on_other_hosts_is_no_conflict() -> None:
     assert load(document).issues == ()
 
 
-def test_workers_above_one_are_refused_even_with_redis_until_cluster_mode_exists() -> None:
+def test_workers_above_one_are_accepted_with_redis() -> None:
     document = config(server={"workers": 2}, cluster={"redis_url": "redis://127.0.0.1:6379/0"})
-    issue = only_error(document)
-    assert issue.path == "server.workers"
-    assert issue.message == (
-        "workers = 2: multi-worker cluster mode is not available in this release; "
-        "run one worker per instance"
-    )
-    assert issue.line == line_of(text_of(document), '"workers"')
+    assert load(document).issues == ()
+
+
+@pytest.mark.parametrize("url", ["localhost:6379", "http://127.0.0.1:6379", "redis:/x"])
+def test_a_redis_url_needs_a_redis_scheme_and_the_message_never_repeats_it(url: str) -> None:
+    issue = only_error(config(cluster={"redis_url": url}))
+    assert issue.path == "cluster.redis_url"
+    assert issue.message.startswith("must be a Redis URL")
+    assert url not in issue.message
 
 
 def test_a_route_breaker_ignored_for_a_backend_an_earlier_route_names_is_a_warning() -> None:

@@ -1,12 +1,15 @@
 """Rate-limit keys, token buckets and the limiter of ``kairos_core.ratelimit`` (DESIGN.md §3, §5).
 
-Keys and token buckets are pure (the buckets run on a fake clock); window limits run against the
-real ``limits`` memory storage, so window resets are real sleeps of about a second.
+Keys and token buckets are pure (the buckets run on a fake clock). The limiter's tests run twice,
+against this process's counters and against Redis (``kairos_core.redislimits`` on a real
+redis-server): the policies never know where their counters live, and the rules must not either.
+Window resets are real sleeps of about a second.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,6 +25,9 @@ from kairos_core.ratelimit import (
     limit_keys,
     refill_per_second,
 )
+from kairos_core.redislimits import RedisLimits
+from kairos_core.redislink import RedisLink
+from tests.support.redisserver import RedisServer
 
 IP = "198.51.100.7"
 OTHER_IP = "198.51.100.8"
@@ -34,6 +40,19 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[RateLimiter]:
+    """The limiter with this process's counters, then with counters in a real Redis."""
+    if request.param == "memory":
+        yield RateLimiter()
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    link = RedisLink(server.url, timeout_ms=1000)
+    await link.start()
+    yield RateLimiter(RedisLimits(link, "test"))
+    await link.stop()
 
 
 def policy(**fields: Any) -> RateLimitConfig:
@@ -172,7 +191,9 @@ def test_two_parts_on_one_key_with_other_numbers_are_two_counters() -> None:
 
 
 @pytest.mark.parametrize("window", [*WINDOWS, "TokenBucket"])
-async def test_each_key_is_charged_against_its_own_sub_policy(window: str) -> None:
+async def test_each_key_is_charged_against_its_own_sub_policy(
+    limiter: RateLimiter, window: str
+) -> None:
     limit = policy(
         requests_per_window=10,
         window_type=window,
@@ -183,7 +204,6 @@ async def test_each_key_is_charged_against_its_own_sub_policy(window: str) -> No
             ]
         },
     )
-    limiter = RateLimiter()
 
     first = [await limiter.check(limit, keys_for(limit, client_ip=IP)) for _ in range(2)]
     other = [await limiter.check(limit, keys_for(limit, client_ip=OTHER_IP)) for _ in range(2)]
@@ -340,7 +360,7 @@ def test_sweep_never_forgets_a_bucket_that_is_not_full() -> None:
     assert not buckets.take("slow", *slow).allowed
 
 
-# --- the limiter (memory storage) ---------------------------------------------------------------
+# --- the limiter (this process, then Redis) ------------------------------------------------
 
 
 async def check_many(
@@ -350,8 +370,7 @@ async def check_many(
 
 
 @pytest.mark.parametrize("window_type", [*WINDOWS, "TokenBucket"])
-async def test_n_allowed_then_refused_with_headers(window_type: str) -> None:
-    limiter = RateLimiter("memory://")
+async def test_n_allowed_then_refused_with_headers(limiter: RateLimiter, window_type: str) -> None:
     limit = policy(requests_per_window=3, window_duration=60, window_type=window_type)
     keys = keys_for(limit)
 
@@ -368,8 +387,7 @@ async def test_n_allowed_then_refused_with_headers(window_type: str) -> None:
 
 
 @pytest.mark.parametrize("window_type", [*WINDOWS, "TokenBucket"])
-async def test_burst_allowance_adds_to_the_limit(window_type: str) -> None:
-    limiter = RateLimiter("memory://")
+async def test_burst_allowance_adds_to_the_limit(limiter: RateLimiter, window_type: str) -> None:
     limit = policy(requests_per_window=3, burst_allowance=2, window_type=window_type)
 
     decisions = await check_many(limiter, limit, keys_for(limit), 6)
@@ -379,8 +397,7 @@ async def test_burst_allowance_adds_to_the_limit(window_type: str) -> None:
 
 
 @pytest.mark.parametrize("window_type", WINDOWS)
-async def test_window_reset_is_honoured(window_type: str) -> None:
-    limiter = RateLimiter("memory://")
+async def test_window_reset_is_honoured(limiter: RateLimiter, window_type: str) -> None:
     limit = policy(requests_per_window=2, window_duration=1, window_type=window_type)
     keys = keys_for(limit)
     before = await check_many(limiter, limit, keys, 3)
@@ -394,8 +411,7 @@ async def test_window_reset_is_honoured(window_type: str) -> None:
     assert after[0].remaining == 1
 
 
-async def test_sliding_window_counts_any_window_long_span() -> None:
-    limiter = RateLimiter("memory://")
+async def test_sliding_window_counts_any_window_long_span(limiter: RateLimiter) -> None:
     limit = policy(requests_per_window=2, window_duration=1, window_type="SlidingWindow")
     keys = keys_for(limit)
     assert (await limiter.check(limit, keys)).allowed  # t = 0
@@ -411,8 +427,7 @@ async def test_sliding_window_counts_any_window_long_span() -> None:
     assert [d.allowed for d in later] == [True, False]
 
 
-async def test_keys_have_separate_counters() -> None:
-    limiter = RateLimiter("memory://")
+async def test_keys_have_separate_counters(limiter: RateLimiter) -> None:
     limit = policy(requests_per_window=1)
 
     assert (await limiter.check(limit, keys_for(limit, client_ip=IP))).allowed
@@ -420,8 +435,9 @@ async def test_keys_have_separate_counters() -> None:
     assert (await limiter.check(limit, keys_for(limit, client_ip=OTHER_IP))).allowed
 
 
-async def test_route_override_never_shares_counters_with_the_global_policy() -> None:
-    limiter = RateLimiter("memory://")
+async def test_route_override_never_shares_counters_with_the_global_policy(
+    limiter: RateLimiter,
+) -> None:
     limit = policy(requests_per_window=1)
     assert (await limiter.check(limit, keys_for(limit, route_scoped=False))).allowed
     assert not (await limiter.check(limit, keys_for(limit, route_scoped=False))).allowed
@@ -430,8 +446,7 @@ async def test_route_override_never_shares_counters_with_the_global_policy() -> 
 
 
 @pytest.mark.parametrize("window_type", [*WINDOWS, "TokenBucket"])
-async def test_composite_refuses_if_any_key_refuses(window_type: str) -> None:
-    limiter = RateLimiter("memory://")
+async def test_composite_refuses_if_any_key_refuses(limiter: RateLimiter, window_type: str) -> None:
     limit = policy(
         requests_per_window=2,
         window_type=window_type,
@@ -453,8 +468,7 @@ async def test_composite_refuses_if_any_key_refuses(window_type: str) -> None:
     assert not (await limiter.check(limit, keys(IP, "billing"))).allowed
 
 
-async def test_composite_remaining_is_the_tightest_key() -> None:
-    limiter = RateLimiter("memory://")
+async def test_composite_remaining_is_the_tightest_key(limiter: RateLimiter) -> None:
     limit = policy(requests_per_window=3, strategy={"Composite": ["PerIP", "PerRoute"]})
     await limiter.check(limit, keys_for(limit, client_ip=OTHER_IP))
 
@@ -463,8 +477,7 @@ async def test_composite_remaining_is_the_tightest_key() -> None:
     assert decision.remaining == 1  # the route key has seen two requests, the IP key one
 
 
-async def test_composite_of_ip_and_user_allows_n_anonymous_requests() -> None:
-    limiter = RateLimiter("memory://")
+async def test_composite_of_ip_and_user_allows_n_anonymous_requests(limiter: RateLimiter) -> None:
     limit = policy(requests_per_window=4, strategy={"Composite": ["PerIP", "PerUser"]})
     keys = keys_for(limit, user=None)
 

@@ -204,20 +204,14 @@ def test_a_taken_port_is_one_line_and_exit_1_with_nothing_left_running(
     assert "proxy on http" not in stderr, "announced a listener that never served"
 
 
-@pytest.mark.parametrize(
-    "cluster",
-    [{}, {"redis_url": "redis://127.0.0.1:6379/0"}],
-    ids=["without-redis", "with-redis"],
-)
-def test_workers_above_one_get_the_answer_kairos_validate_gives(
-    tmp_path: Path, cluster: dict[str, str]
+def test_workers_above_one_without_redis_get_the_answer_kairos_validate_gives(
+    tmp_path: Path,
 ) -> None:
     port, admin_port = free_port(), free_port()
     document = {
         "version": 1,
         "server": {"host": "127.0.0.1", "port": port, "workers": 2},
         "admin": {"host": "127.0.0.1", "port": admin_port},
-        "cluster": cluster,
         "routers": [route("/a", "/a", ["http://127.0.0.1:9"])],
     }
     path = tmp_path / "workers.json"

@@ -8,6 +8,7 @@ is exercised in ``test_admin_api.py``; here the rule runs on an in-process runti
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ from typing import Any
 import pytest
 
 from kairos_core.config import parse_config
+from kairos_core.redislink import FAILURES_TO_DOWN, RedisUnavailable
 from kairos_gateway.runtime import GatewayRuntime
+from tests.support.redisserver import RedisServer
 
 BACKEND = "http://127.0.0.1:9"
 
@@ -59,14 +62,22 @@ def test_not_ready_while_draining(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("policy", "ready"), [("deny", False), ("allow", True)])
-def test_unreachable_redis_matters_only_under_on_redis_error_deny(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: str, ready: bool
+async def test_unreachable_redis_matters_only_under_on_redis_error_deny(
+    tmp_path: Path, redis_server: RedisServer, policy: str, ready: bool
 ) -> None:
-    cluster = {"redis_url": "redis://127.0.0.1:6379/0", "on_redis_error": policy}
+    cluster = {"redis_url": redis_server.url, "on_redis_error": policy}
     clustered = runtime(tmp_path, cluster=cluster)
-    assert clustered.not_ready_reasons() == []
-    monkeypatch.setattr(clustered, "cluster_ready", lambda: False)
-    assert (clustered.not_ready_reasons() == []) is ready
+    assert clustered.link is not None
+    await clustered.link.start()
+    try:
+        assert clustered.not_ready_reasons() == []
+        redis_server.stop()
+        for _ in range(FAILURES_TO_DOWN):
+            with contextlib.suppress(RedisUnavailable):
+                await clustered.link.request(lambda pipe: pipe.call("PING"))
+        assert (clustered.not_ready_reasons() == []) is ready
+    finally:
+        await clustered.link.stop()
 
 
 def test_a_route_without_a_candidate_is_listed_but_never_makes_the_gateway_not_ready(

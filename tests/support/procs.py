@@ -144,6 +144,11 @@ class ManagedProcess:
         _live_processes.discard(self)
         return self._popen.returncode
 
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the process itself (not its group)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self._require_started().pid, sig)
+
     def log_text(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
