@@ -13,8 +13,9 @@ never shares counters with the global policy.
 - ``PerIPAndRoute`` / ``PerUserAndRoute``: both parts.
 
 Limits: ``requests_per_window + burst_allowance`` requests per ``window_duration`` seconds for
-FixedWindow (``limits``' fixed window: the count resets at each window boundary) and
-SlidingWindow (``limits``' moving window: exactly N requests in any window-long span);
+FixedWindow (a key's window opens at its first request and the count resets when it ends, as
+``limits``' fixed window) and SlidingWindow (exactly N requests in any window-long span, as
+``limits``' moving window);
 TokenBucket refills ``requests_per_window / window_duration`` tokens per second up to that same
 capacity and starts full. Composite policies charge every key and refuse if any refuses (earlier
 keys stay charged, as with Envoy's descriptors). Each Composite part enforces its own numbers
@@ -34,15 +35,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import InitVar, dataclass
 from typing import Protocol
-
-from limits import RateLimitItemPerSecond
-from limits.storage import storage_from_string as sync_storage_from_string
-from limits.strategies import FixedWindowRateLimiter as SyncFixedWindow
-from limits.strategies import MovingWindowRateLimiter as SyncMovingWindow
-from limits.strategies import RateLimiter as SyncStrategy
 
 from kairos_core.config.models import RateLimitConfig
 
@@ -187,6 +183,64 @@ class TokenBuckets:
         self._buckets = {k: v for k, v in self._buckets.items() if v[2] > now}
 
 
+class Windows:
+    """Fixed and moving windows in memory, for one process (the rules in the module docstring).
+
+    ``limits`` counts the same way, but its memory storage starts a timer thread every 10 ms that
+    walks every key under the GIL: with 100,000 client keys alive it took 90 % of a core and
+    tripled the cost of a check (README, *Dependencies*). Here nothing runs between requests: a
+    key keeps its window's end and count (fixed) or the times of its admitted requests (moving,
+    at most ``limit`` of them), and keys whose window has passed are forgotten by a sweep that a
+    check runs at most every ``SWEEP_EVERY_S`` seconds.
+    """
+
+    SWEEP_EVERY_S = 5.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        # (key, limit, window) -> [window end, count]
+        self._fixed: dict[tuple[str, int, float], list[float]] = {}
+        # (key, limit, window) -> times of the admitted requests, oldest first
+        self._moving: dict[tuple[str, int, float], deque[float]] = {}
+        self._next_sweep = clock() + self.SWEEP_EVERY_S
+
+    def fixed(self, key: str, limit: int, window_s: float) -> LimitDecision:
+        now = self._clock()
+        self._maybe_sweep(now)
+        counter = (key, limit, window_s)
+        entry = self._fixed.get(counter)
+        if entry is None or entry[0] <= now:
+            entry = self._fixed[counter] = [now + window_s, 0]
+        allowed = entry[1] < limit
+        if allowed:
+            entry[1] += 1
+        reset_s = entry[0] - now
+        return LimitDecision(allowed, limit, limit - int(entry[1]), reset_s, reset_s)
+
+    def moving(self, key: str, limit: int, window_s: float) -> LimitDecision:
+        now = self._clock()
+        self._maybe_sweep(now)
+        counter = (key, limit, window_s)
+        times = self._moving.get(counter)
+        if times is None:
+            times = self._moving[counter] = deque(maxlen=limit)
+        horizon = now - window_s
+        while times and times[0] <= horizon:
+            times.popleft()
+        allowed = len(times) < limit
+        if allowed:
+            times.append(now)
+        reset_s = times[0] + window_s - now if times else window_s
+        return LimitDecision(allowed, limit, limit - len(times), reset_s, reset_s)
+
+    def _maybe_sweep(self, now: float) -> None:
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.SWEEP_EVERY_S
+        self._fixed = {k: v for k, v in self._fixed.items() if v[0] > now}
+        self._moving = {k: v for k, v in self._moving.items() if v and v[-1] > now - k[2]}
+
+
 Charge = tuple[RateLimitConfig, str]
 """One counter to charge: the numbers it enforces and its key."""
 
@@ -202,16 +256,12 @@ class SharedCounters(Protocol):
 
 
 class MemoryLimits:
-    """Counters in this process: windows in ``limits``' synchronous memory storage (nothing there
-    ever waits, so coroutines would only add overhead), token buckets in :class:`TokenBuckets`."""
+    """Counters in this process: :class:`Windows` and :class:`TokenBuckets` (nothing there ever
+    waits, so coroutines would only add overhead)."""
 
-    def __init__(self) -> None:
-        storage = sync_storage_from_string("memory://")
-        self._windows: dict[str, SyncStrategy] = {
-            "FixedWindow": SyncFixedWindow(storage),
-            "SlidingWindow": SyncMovingWindow(storage),
-        }
-        self._buckets = TokenBuckets()
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._windows = Windows(clock)
+        self._buckets = TokenBuckets(clock)
 
     def charge(self, charges: Sequence[Charge]) -> list[LimitDecision]:
         return [self._charge_one(policy, key) for policy, key in charges]
@@ -220,12 +270,9 @@ class MemoryLimits:
         limit = capacity(policy)
         if policy.window_type == "TokenBucket":
             return self._buckets.take(key, limit, refill_per_second(policy))
-        item = RateLimitItemPerSecond(limit, policy.window_duration)
-        window = self._windows[policy.window_type]
-        allowed = window.hit(item, key)
-        stats = window.get_window_stats(item, key)
-        reset_s = max(stats.reset_time - time.time(), 0.0)
-        return LimitDecision(allowed, limit, stats.remaining, reset_s, reset_s)
+        if policy.window_type == "FixedWindow":
+            return self._windows.fixed(key, limit, policy.window_duration)
+        return self._windows.moving(key, limit, policy.window_duration)
 
 
 class RateLimiter:

@@ -1,14 +1,16 @@
 """Rate-limit keys, token buckets and the limiter of ``kairos_core.ratelimit`` (DESIGN.md §3, §5).
 
-Keys and token buckets are pure (the buckets run on a fake clock). The limiter's tests run twice,
-against this process's counters and against Redis (``kairos_core.redislimits`` on a real
-redis-server): the policies never know where their counters live, and the rules must not either.
+Keys, windows and token buckets are pure (windows and buckets run on a fake clock). The limiter's
+tests run twice, against this process's counters and against Redis (``kairos_core.redislimits``
+on a real redis-server): the policies never know where their counters live, and the rules must
+not either.
 Window resets are real sleeps of about a second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +22,7 @@ from kairos_core.ratelimit import (
     LimitKey,
     RateLimiter,
     TokenBuckets,
+    Windows,
     capacity,
     describe,
     limit_keys,
@@ -358,6 +361,58 @@ def test_sweep_never_forgets_a_bucket_that_is_not_full() -> None:
         buckets.take("fast", 1_000_000, 1_000_000.0)
 
     assert not buckets.take("slow", *slow).allowed
+
+
+# --- windows in memory ---------------------------------------------------------------------
+
+
+def test_a_fixed_window_opens_at_the_first_request_and_resets_when_it_ends() -> None:
+    clock = FakeClock()
+    windows = Windows(clock=clock)
+    assert [windows.fixed("k", 2, 10).allowed for _ in range(3)] == [True, True, False]
+    clock.now += 9.5
+    refused = windows.fixed("k", 2, 10)
+    assert (refused.allowed, refused.remaining, refused.retry_after_s) == (False, 0, 0.5)
+    clock.now += 0.5
+    assert windows.fixed("k", 2, 10).allowed
+
+
+def test_a_moving_window_admits_n_in_any_window_long_span() -> None:
+    clock = FakeClock()
+    windows = Windows(clock=clock)
+    assert windows.moving("k", 2, 10).allowed  # t = 0
+    clock.now += 6
+    assert windows.moving("k", 2, 10).allowed  # t = 6
+    clock.now += 3
+    refused = windows.moving("k", 2, 10)  # t = 9: both still inside
+    assert (refused.allowed, refused.retry_after_s) == (False, 1.0)
+    clock.now += 1  # t = 10: the first has left, the second has not
+    assert windows.moving("k", 2, 10).allowed
+    assert not windows.moving("k", 2, 10).allowed
+
+
+def test_windows_with_other_numbers_on_one_key_are_other_counters() -> None:
+    windows = Windows(clock=FakeClock())
+    assert windows.fixed("k", 1, 1).allowed
+    assert windows.fixed("k", 1, 60).allowed
+    assert not windows.fixed("k", 1, 1).allowed
+
+
+def test_the_sweep_forgets_passed_windows_only_and_starts_no_thread() -> None:
+    clock = FakeClock()
+    windows = Windows(clock=clock)
+    threads = threading.active_count()
+    for n in range(1000):
+        windows.fixed(f"short{n}", 1, 1)
+        windows.moving(f"short{n}", 1, 1)
+    windows.fixed("long", 1, 3600)
+    windows.moving("long", 1, 3600)
+    clock.now += Windows.SWEEP_EVERY_S
+    windows.fixed("trigger", 1, 1)  # a check after the interval sweeps
+    assert len(windows._fixed) == 2 and len(windows._moving) == 1  # "long" (and "trigger")
+    assert not windows.fixed("long", 1, 3600).allowed
+    assert not windows.moving("long", 1, 3600).allowed
+    assert threading.active_count() == threads
 
 
 # --- the limiter (this process, then Redis) ------------------------------------------------

@@ -67,7 +67,7 @@ async def test_it_starts_down_without_redis_and_the_request_path_never_waits(
     started_at = time.perf_counter()
     with pytest.raises(RedisUnavailable, match="is down"):
         await link.request(lambda pipe: pipe.call("PING"))
-    assert time.perf_counter() - started_at < 0.005
+    assert time.perf_counter() - started_at < 0.1  # refused at once, not after the 1 s timeout
     (line,) = [r for r in caplog.records if r.name == "kairos.cluster"]
     assert line.levelno == logging.WARNING
     assert "is unreachable" in line.getMessage()
@@ -95,20 +95,20 @@ async def test_failures_in_a_row_take_it_down_and_a_success_resets_the_count(
 async def test_a_redis_that_never_answers_costs_a_request_its_timeout_only(
     redis_server: RedisServer, links: list[RedisLink]
 ) -> None:
-    link = await started(links, redis_server.url, timeout_ms=30)
+    link = await started(links, redis_server.url, timeout_ms=200)
     await link.request(lambda pipe: pipe.call("PING"))  # the connection is open
     redis_server.pause()
     try:
         for _ in range(FAILURES_TO_DOWN):
             started_at = time.perf_counter()
-            with pytest.raises(RedisUnavailable, match="no answer within 30 ms"):
+            with pytest.raises(RedisUnavailable, match="no answer within 200 ms"):
                 await link.request(lambda pipe: pipe.call("PING"))
-            assert time.perf_counter() - started_at < 0.030 + 0.050
+            assert time.perf_counter() - started_at < 0.200 + 0.050
         assert not link.up
         started_at = time.perf_counter()
         with pytest.raises(RedisUnavailable, match="is down"):
             await link.request(lambda pipe: pipe.call("PING"))
-        assert time.perf_counter() - started_at < 0.005
+        assert time.perf_counter() - started_at < 0.1  # at once, not after the 200 ms timeout
     finally:
         redis_server.resume()
     await await_until(lambda: link.up, PROBE_INTERVAL_S * 4, "link up")
