@@ -94,6 +94,7 @@ class _Connection(asyncio.Protocol):
         self._error: BaseException | None = None
         self._paused = False
         self._drain: asyncio.Future[None] | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
         self.status = 0
         self.keep_alive = False
         self._close_delimited = False
@@ -159,6 +160,7 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = self._parser.should_keep_alive()
         framed = any(n.lower() in ("content-length", "transfer-encoding") for n, _ in self._headers)
         self._close_delimited = not framed  # RFC 9112 §6.3: the body ends when the server closes
+        self._cancel_head_timer()
         if self._head is not None and not self._head.done():
             self._head.set_result(None)
 
@@ -198,6 +200,23 @@ class _Connection(asyncio.Protocol):
         self._complete = False
         self._error = None
         return self._head
+
+    def time_head(self, timeout_s: float) -> None:
+        """Fail the response head with a ``timeout`` unless it arrives within ``timeout_s``
+        (one timer on the loop, cancelled by the head: no timeout context per request)."""
+        if self._head is not None and not self._head.done():
+            self._head_timer = self._loop.call_at(
+                self._loop.time() + timeout_s, self._head_timed_out
+            )
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        self._fail(UpstreamError("timeout", "upstream did not answer in time", sent=True))
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
 
     @property
     def head_headers(self) -> list[tuple[str, str]]:
@@ -255,6 +274,7 @@ class _Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.closed = True
+        self._cancel_head_timer()
         if self.transport is not None:
             self.transport.abort()
 
@@ -345,11 +365,11 @@ class H1Upstream:
         head_ready = conn.begin(request.method, request.max_head_bytes)
         try:
             await self._write(conn, head, body, request.read_timeout_s)
-            async with asyncio.timeout(request.read_timeout_s):
-                await head_ready
-        except TimeoutError as exc:
+            conn.time_head(request.read_timeout_s)
+            await head_ready
+        except TimeoutError as exc:  # a write that stalled past its bound
             conn.abort()
-            message = "upstream did not answer in time"
+            message = "upstream did not take the request in time"
             raise UpstreamError("timeout", message, sent=True) from exc
         except (ConnectionError, OSError) as exc:
             conn.abort()
