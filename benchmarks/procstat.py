@@ -16,7 +16,14 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 def group_cpu_seconds(leader: int) -> float:
     """utime + stime of every process in ``leader``'s process group, in seconds."""
-    ticks = 0
+    user, system = group_cpu_times(leader)
+    return user + system
+
+
+def group_cpu_times(leader: int) -> tuple[float, float]:
+    """(utime, stime) of every process in ``leader``'s process group, in seconds: time running
+    the program, and time in the kernel on its behalf (system calls: for a proxy, mostly TCP)."""
+    user = system = 0
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -26,8 +33,9 @@ def group_cpu_seconds(leader: int) -> float:
             continue  # exited meanwhile
         fields = text[text.rindex(")") + 2 :].split()
         if int(fields[2]) == leader:  # state ppid pgrp ... utime (11) stime (12)
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / CLOCK_TICKS
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
 
 
 def rss_mb(pid: int) -> float:

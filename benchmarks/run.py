@@ -134,7 +134,7 @@ class Environment:
 
 def start_environment(workdir: Path, with_aiohttp: bool) -> Environment:
     backend_port = free_port()
-    if shutil.which("nginx") is not None:
+    if servers.nginx_binary() is not None:
         backend = servers.start_nginx(workdir, backend_port)
         env = Environment(workdir, "nginx return 200, 1 KiB body", backend_port)
     else:
@@ -152,7 +152,7 @@ def start_environment(workdir: Path, with_aiohttp: bool) -> Environment:
 def _start_targets(env: Environment, with_aiohttp: bool) -> None:
     backend_url = f"http://{servers.LOOPBACK}:{env.backend_port}/"
     env.targets[DIRECT] = Target(DIRECT, Request(backend_url), env.processes[0].pid)
-    if shutil.which("nginx") is not None:
+    if servers.nginx_binary() is not None:
         port = free_port()
         nginx = servers.start_nginx(env.workdir, port, env.backend_port)
         env.processes.append(nginx)
@@ -209,6 +209,7 @@ class Throughput:
     p50_ms: float
     p99_ms: float
     cpu_us_per_request: float
+    kernel_us_per_request: float
     failures: int
     rounds: list[WrkResult]
 
@@ -219,6 +220,7 @@ class Throughput:
             p50_ms=statistics.median(r.p50_ms for r in rounds),
             p99_ms=statistics.median(r.p99_ms for r in rounds),
             cpu_us_per_request=statistics.median(r.cpu_us_per_request for r in rounds),
+            kernel_us_per_request=statistics.median(r.kernel_us_per_request for r in rounds),
             failures=sum(r.failures for r in rounds),
             rounds=rounds,
         )
@@ -436,7 +438,7 @@ def machine_facts() -> dict[str, Any]:
         "cpu": model,
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "nginx": first_line(["nginx", "-v"]),
+        "nginx": first_line([servers.nginx_binary() or "nginx", "-v"]),
         "wrk": first_line(["wrk", "-v"]).split(" Copyright")[0],
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
     }
@@ -469,7 +471,7 @@ def print_report(report: dict[str, Any], out: Any) -> None:
         )
         say(
             f"{'target':27s} {'req/s':>9s} {'× naive':>8s} {'× nginx':>8s} {'p50 ms':>7s} "
-            f"{'p99 ms':>7s} {'CPU µs/req':>10s} {'failed':>6s}"
+            f"{'p99 ms':>7s} {'CPU µs/req':>10s} {'kernel':>6s} {'failed':>6s}"
         )
         for name, result in throughput.items():
             vs_naive = ratio(throughput, name, NAIVE)
@@ -477,9 +479,13 @@ def print_report(report: dict[str, Any], out: Any) -> None:
             say(
                 f"{name:27s} {result.rps:9,.0f} {_maybe(vs_naive):>8s} {_maybe(vs_nginx):>8s} "
                 f"{result.p50_ms:7.2f} {result.p99_ms:7.2f} "
-                f"{result.cpu_us_per_request:10.1f} {result.failures:6d}"
+                f"{result.cpu_us_per_request:10.1f} {result.kernel_us_per_request:6.1f} "
+                f"{result.failures:6d}"
             )
-        say("(CPU µs/req: the proxy's process group; for direct, the backend nginx)")
+        say(
+            "(CPU µs/req: the proxy's process group per request, for direct the backend's; "
+            "kernel: the part spent in system calls)"
+        )
         bare = throughput[BARE].rps
         for name in (FULL, AI_CACHED, AI_BACKGROUND, BARE_AIOHTTP, BARE_INFO):
             if name in throughput:

@@ -13,6 +13,8 @@ Every process is a ``ManagedProcess`` (own process group, output in a log file) 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -29,6 +31,14 @@ LOOPBACK = "127.0.0.1"
 BODY_BYTES = 1024
 JWT_SECRET = "benchmark-secret-0123456789abcdef0123456789"
 START_TIMEOUT_S = 30.0
+
+
+def nginx_binary() -> str | None:
+    """nginx's path, also when ``/usr/sbin`` is not on the PATH (Debian puts it there)."""
+    found = shutil.which("nginx")
+    if found is None and os.access("/usr/sbin/nginx", os.X_OK):
+        found = "/usr/sbin/nginx"
+    return found
 
 
 def start_nginx(workdir: Path, port: int, backend_port: int | None = None) -> ManagedProcess:
@@ -69,7 +79,10 @@ def start_nginx(workdir: Path, port: int, backend_port: int | None = None) -> Ma
             """
         )
     )
-    process = ManagedProcess(["nginx", "-c", str(conf), "-p", str(workdir)], name=name).start()
+    binary = nginx_binary()
+    if binary is None:
+        raise FileNotFoundError("nginx is not installed: apt-get install nginx-light")
+    process = ManagedProcess([binary, "-c", str(conf), "-p", str(workdir)], name=name).start()
     wait_for_port(LOOPBACK, port, 10, process=process)
     return process
 

@@ -3,7 +3,8 @@
 ``run_wrk`` runs ``wrk -tT -cC -dS --latency`` and reads requests/s, p50, p99, the requests
 completed and the failures (non-2xx/3xx answers and socket errors) from its output. When
 ``cpu_pid`` is given, the CPU time (utime + stime) of that process group is read from ``/proc``
-just before and just after, and divided by the requests completed.
+just before and just after, and divided by the requests completed; the kernel's part (stime)
+is kept apart too.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.procstat import group_cpu_seconds
+from benchmarks.procstat import group_cpu_times
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class WrkResult:
     requests: int
     failures: int
     cpu_us_per_request: float
+    kernel_us_per_request: float
 
 
 def run_wrk(request: Request, load: Load, cpu_pid: int | None = None) -> WrkResult:
@@ -54,13 +56,18 @@ def run_wrk(request: Request, load: Load, cpu_pid: int | None = None) -> WrkResu
         args += ["-H", f"{name}: {value}"]
     if request.script is not None:
         args += ["-s", str(request.script)]
-    cpu_before = group_cpu_seconds(cpu_pid) if cpu_pid is not None else 0.0
+    before = group_cpu_times(cpu_pid) if cpu_pid is not None else (0.0, 0.0)
     completed = subprocess.run([*args, request.url], capture_output=True, text=True, check=True)
-    cpu_s = group_cpu_seconds(cpu_pid) - cpu_before if cpu_pid is not None else float("nan")
-    return parse_wrk(completed.stdout, cpu_s)
+    if cpu_pid is None:
+        return parse_wrk(completed.stdout)
+    after = group_cpu_times(cpu_pid)
+    user_s, kernel_s = after[0] - before[0], after[1] - before[1]
+    return parse_wrk(completed.stdout, user_s + kernel_s, kernel_s)
 
 
-def parse_wrk(output: str, cpu_s: float = float("nan")) -> WrkResult:
+def parse_wrk(
+    output: str, cpu_s: float = float("nan"), kernel_s: float = float("nan")
+) -> WrkResult:
     def number(pattern: str) -> float:
         match = re.search(pattern, output, re.M)
         if match is None:
@@ -91,4 +98,5 @@ def parse_wrk(output: str, cpu_s: float = float("nan")) -> WrkResult:
         requests=requests,
         failures=failures,
         cpu_us_per_request=cpu_s * 1e6 / requests if requests else float("nan"),
+        kernel_us_per_request=kernel_s * 1e6 / requests if requests else float("nan"),
     )
