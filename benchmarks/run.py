@@ -57,7 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,46 @@ class Environment:
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop(signal.SIGTERM)
+
+
+class Neighbours:
+    """How much CPU the processes outside the benchmark take: the harness's own (and its waited
+    children: wrk, the open-loop generator) and the servers' process groups are subtracted
+    from the machine's busy time (``/proc/stat``)."""
+
+    def __init__(self, env: Environment) -> None:
+        self.env = env
+
+    def mark(self) -> tuple[float, float, float]:
+        return time.monotonic(), busy_cpu_seconds(), self._ours()
+
+    def percent_since(self, mark: tuple[float, float, float]) -> float:
+        """Other processes' CPU since ``mark``, in % of the whole machine."""
+        started, machine, ours = mark
+        elapsed = time.monotonic() - started
+        other = (busy_cpu_seconds() - machine) - (self._ours() - ours)
+        return max(0.0, round(100 * other / (elapsed * (os.cpu_count() or 1)), 1))
+
+    def wait_quiet(self, below_percent: float, timeout_s: float) -> None:
+        """Wait (up to ``timeout_s``) until others take less than ``below_percent`` over 3 s."""
+        if below_percent <= 0:
+            return
+        deadline = time.monotonic() + timeout_s
+        while True:
+            mark = self.mark()
+            time.sleep(3)
+            busy = self.percent_since(mark)
+            if busy < below_percent:
+                return
+            if time.monotonic() > deadline:
+                log(f"other processes still use {busy:.0f}% of the machine; going on anyway")
+                return
+            log(f"waiting for a quiet machine: other processes use {busy:.0f}%")
+
+    def _ours(self) -> float:
+        who = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        usage = sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, who))
+        return usage + sum(group_cpu_seconds(p.pid) for p in self.env.processes if p.running)
 
 
 def start_environment(workdir: Path, with_aiohttp: bool) -> Environment:
@@ -211,10 +251,11 @@ class Throughput:
     cpu_us_per_request: float
     kernel_us_per_request: float
     failures: int
+    other_cpu_percent: list[float]
     rounds: list[WrkResult]
 
     @classmethod
-    def of(cls, rounds: list[WrkResult]) -> Throughput:
+    def of(cls, rounds: list[WrkResult], other_cpu_percent: list[float]) -> Throughput:
         return cls(
             rps=statistics.median(r.rps for r in rounds),
             p50_ms=statistics.median(r.p50_ms for r in rounds),
@@ -222,25 +263,34 @@ class Throughput:
             cpu_us_per_request=statistics.median(r.cpu_us_per_request for r in rounds),
             kernel_us_per_request=statistics.median(r.kernel_us_per_request for r in rounds),
             failures=sum(r.failures for r in rounds),
+            other_cpu_percent=other_cpu_percent,
             rounds=rounds,
         )
 
 
-def measure_throughput(env: Environment, load: Load, rounds: int) -> dict[str, Throughput]:
+def measure_throughput(
+    env: Environment, load: Load, rounds: int, quiet: Callable[[], None]
+) -> dict[str, Throughput]:
     log(f"warm-up: 1 s of {load.describe()} per target")
     for target in env.targets.values():  # connections, code paths, the AI cache
         run_wrk(target.request, Load(load.threads, load.connections, 1))
     results: dict[str, list[WrkResult]] = {name: [] for name in env.targets}
+    others: dict[str, list[float]] = {name: [] for name in env.targets}
+    neighbours = Neighbours(env)
     for round_number in range(1, rounds + 1):
+        quiet()
         for name, target in env.targets.items():
+            mark = neighbours.mark()
             result = run_wrk(target.request, load, target.cpu_pid)
+            others[name].append(neighbours.percent_since(mark))
             results[name].append(result)
             log(
                 f"round {round_number} {name:27s} {result.rps:9.0f} req/s  "
                 f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
-                f"CPU {result.cpu_us_per_request:6.1f} µs/req  failures {result.failures}"
+                f"CPU {result.cpu_us_per_request:6.1f} µs/req  failures {result.failures}  "
+                f"others {others[name][-1]:.0f}%"
             )
-    return {name: Throughput.of(runs) for name, runs in results.items()}
+    return {name: Throughput.of(runs, others[name]) for name, runs in results.items()}
 
 
 # --- added latency ------------------------------------------------------------------------------
@@ -272,12 +322,18 @@ class AddedLatency:
 
 
 def measure_added_latency(
-    env: Environment, saturation_rps: float, duration_s: float, rounds: int, connections: int
+    env: Environment,
+    saturation_rps: float,
+    duration_s: float,
+    rounds: int,
+    connections: int,
+    quiet: Callable[[], None],
 ) -> AddedLatency:
     rate = round(saturation_rps / 2)
     names = [name for name in (DIRECT, NGINX, BARE) if name in env.targets]
     reports: dict[str, list[openloop.Report]] = {name: [] for name in names}
     for round_number in range(1, rounds + 1):
+        quiet()
         for name in names:
             target = env.targets[name]
             report = openloop.measure(
@@ -457,10 +513,14 @@ def print_report(report: dict[str, Any], out: Any) -> None:
     load = facts["load_average_before"]
     say(f"load average before the run: {load[0]} {load[1]} {load[2]} (1, 5, 15 min)")
     if "other_cpu_percent" in report:
+        per_run = [x for t in report["throughput"].values() for x in t.other_cpu_percent]
         say(
             f"CPU used by other processes during the comparison: "
-            f"{report['other_cpu_percent']:.1f}% of the machine"
+            f"{report['other_cpu_percent']:.1f}% of the machine (per wrk run: median "
+            f"{statistics.median(per_run):.1f}%, max {max(per_run):.1f}%)"
         )
+        if report["other_cpu_percent"] > 10:
+            say("WARNING: the machine was not quiet; compare these figures with care")
     throughput: dict[str, Throughput] | None = report.get("throughput")
     if throughput:
         settings = report["settings"]
@@ -470,14 +530,14 @@ def print_report(report: dict[str, Any], out: Any) -> None:
             f"backend: {report['backend']}"
         )
         say(
-            f"{'target':27s} {'req/s':>9s} {'× naive':>8s} {'× nginx':>8s} {'p50 ms':>7s} "
+            f"{'target':27s} {'req/s':>9s} {'× naive':>8s} {'× nginx proxy':>13s} {'p50 ms':>7s} "
             f"{'p99 ms':>7s} {'CPU µs/req':>10s} {'kernel':>6s} {'failed':>6s}"
         )
         for name, result in throughput.items():
             vs_naive = ratio(throughput, name, NAIVE)
             vs_nginx = ratio(throughput, name, NGINX)
             say(
-                f"{name:27s} {result.rps:9,.0f} {_maybe(vs_naive):>8s} {_maybe(vs_nginx):>8s} "
+                f"{name:27s} {result.rps:9,.0f} {_maybe(vs_naive):>8s} {_maybe(vs_nginx):>13s} "
                 f"{result.p50_ms:7.2f} {result.p99_ms:7.2f} "
                 f"{result.cpu_us_per_request:10.1f} {result.kernel_us_per_request:6.1f} "
                 f"{result.failures:6d}"
@@ -575,6 +635,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--aiohttp", action="store_true", help="also a gateway on the aiohttp upstream client"
     )
+    parser.add_argument(
+        "--quiet-below",
+        type=float,
+        default=0,
+        metavar="PERCENT",
+        help="before each round, wait until other processes use less of the machine (0: never)",
+    )
+    parser.add_argument("--quiet-wait-s", type=float, default=600, help="longest such wait")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser.parse_args(argv)
 
@@ -597,25 +665,34 @@ def main(argv: list[str] | None = None) -> None:
     env = start_environment(workdir, args.aiohttp)
     report["backend"] = env.backend
     try:
+        neighbours = Neighbours(env)
+
+        def quiet() -> None:
+            neighbours.wait_quiet(args.quiet_below, args.quiet_wait_s)
+
         if args.rounds:
-            with other_cpu(env, report):
-                report["throughput"] = measure_throughput(env, load, args.rounds)
-                if args.latency_rounds:
-                    report["latency"] = measure_added_latency(
-                        env,
-                        report["throughput"][BARE].rps,
-                        args.latency_duration,
-                        args.latency_rounds,
-                        args.connections,
-                    )
+            mark = neighbours.mark()
+            report["throughput"] = measure_throughput(env, load, args.rounds, quiet)
+            if args.latency_rounds:
+                report["latency"] = measure_added_latency(
+                    env,
+                    report["throughput"][BARE].rps,
+                    args.latency_duration,
+                    args.latency_rounds,
+                    args.connections,
+                    quiet,
+                )
+            report["other_cpu_percent"] = neighbours.percent_since(mark)
             report["gateway_rss_mb"] = {
                 name: round(rss_mb(pid), 1) for name, pid in env.gateway_pids.items()
             }
         if args.idle_connections:
+            quiet()
             report["idle"] = scale.measure_idle_connections(
                 workdir, env.backend_port, args.idle_connections, args.idle_rate, log
             )
         if args.swaps:
+            quiet()
             report["swaps"] = scale.measure_config_swaps(
                 workdir, env.backend_port, args.swaps, args.swap_routes, args.swap_rate, log
             )
@@ -629,24 +706,6 @@ def main(argv: list[str] | None = None) -> None:
         print(to_json(report))
     else:
         print_report(report, sys.stdout)
-
-
-@contextlib.contextmanager
-def other_cpu(env: Environment, report: dict[str, Any]) -> Iterator[None]:
-    """Measure the CPU time spent by processes outside the benchmark while the block runs."""
-
-    def ours() -> float:
-        usage = [
-            resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-        ]
-        children = sum(group_cpu_seconds(p.pid) for p in env.processes)
-        return sum(u.ru_utime + u.ru_stime for u in usage) + children
-
-    started, machine_before, ours_before = time.monotonic(), busy_cpu_seconds(), ours()
-    yield
-    elapsed = time.monotonic() - started
-    other = (busy_cpu_seconds() - machine_before) - (ours() - ours_before)
-    report["other_cpu_percent"] = max(0.0, 100 * other / (elapsed * (os.cpu_count() or 1)))
 
 
 if __name__ == "__main__":
