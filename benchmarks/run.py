@@ -250,6 +250,7 @@ class Throughput:
     p99_ms: float
     cpu_us_per_request: float
     kernel_us_per_request: float
+    busy_percent: float
     failures: int
     other_cpu_percent: list[float]
     rounds: list[WrkResult]
@@ -262,6 +263,7 @@ class Throughput:
             p99_ms=statistics.median(r.p99_ms for r in rounds),
             cpu_us_per_request=statistics.median(r.cpu_us_per_request for r in rounds),
             kernel_us_per_request=statistics.median(r.kernel_us_per_request for r in rounds),
+            busy_percent=statistics.median(r.cpu_us_per_request * r.rps / 1e4 for r in rounds),
             failures=sum(r.failures for r in rounds),
             other_cpu_percent=other_cpu_percent,
             rounds=rounds,
@@ -287,8 +289,9 @@ def measure_throughput(
             log(
                 f"round {round_number} {name:27s} {result.rps:9.0f} req/s  "
                 f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
-                f"CPU {result.cpu_us_per_request:6.1f} µs/req  failures {result.failures}  "
-                f"others {others[name][-1]:.0f}%"
+                f"CPU {result.cpu_us_per_request:6.1f} µs/req "
+                f"({result.cpu_us_per_request * result.rps / 1e4:3.0f}% busy)  "
+                f"failures {result.failures}  others {others[name][-1]:.0f}%"
             )
     return {name: Throughput.of(runs, others[name]) for name, runs in results.items()}
 
@@ -531,7 +534,7 @@ def print_report(report: dict[str, Any], out: Any) -> None:
         )
         say(
             f"{'target':27s} {'req/s':>9s} {'× naive':>8s} {'× nginx proxy':>13s} {'p50 ms':>7s} "
-            f"{'p99 ms':>7s} {'CPU µs/req':>10s} {'kernel':>6s} {'failed':>6s}"
+            f"{'p99 ms':>7s} {'CPU µs/req':>10s} {'kernel':>6s} {'busy':>5s} {'failed':>6s}"
         )
         for name, result in throughput.items():
             vs_naive = ratio(throughput, name, NAIVE)
@@ -540,11 +543,13 @@ def print_report(report: dict[str, Any], out: Any) -> None:
                 f"{name:27s} {result.rps:9,.0f} {_maybe(vs_naive):>8s} {_maybe(vs_nginx):>13s} "
                 f"{result.p50_ms:7.2f} {result.p99_ms:7.2f} "
                 f"{result.cpu_us_per_request:10.1f} {result.kernel_us_per_request:6.1f} "
-                f"{result.failures:6d}"
+                f"{result.busy_percent:4.0f}% {result.failures:6d}"
             )
         say(
             "(CPU µs/req: the proxy's process group per request, for direct the backend's; "
-            "kernel: the part spent in system calls)"
+            "kernel: the part spent in system calls; busy: its CPU time over the run, in % of "
+            "one core: a one-process proxy that wrk saturates and that gets a core to itself is "
+            "near 100%)"
         )
         bare = throughput[BARE].rps
         for name in (FULL, AI_CACHED, AI_BACKGROUND, BARE_AIOHTTP, BARE_INFO):
