@@ -30,7 +30,9 @@ Only requests due after ``--warmup`` seconds are measured. The report:
 - ``statuses`` (count per status code), ``errors`` (connections closed or broken under a
   request), ``unfinished`` (requests still unanswered ``--drain-s`` after the last was due).
 
-SIGTERM or SIGINT ends the run early; the results so far are still printed.
+``--samples FILE`` writes every measured response's due time and latency, to see when the slow
+ones happened (a stall once a second shows as a column of them). SIGTERM or SIGINT ends the run
+early; the results so far are still printed.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import sys
 import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -161,6 +164,7 @@ class OpenLoop:
         self._in_flight = 0
         self._measure_from = 0.0
         self._latencies: list[float] = []
+        self._due: list[float] = []
         self._services: list[float] = []
         self._lags: list[float] = []
         self._statuses: Counter[int] = Counter()
@@ -168,6 +172,13 @@ class OpenLoop:
     def stop(self) -> None:
         """End the run at the next turn of the loop (safe from a signal handler)."""
         self.stopped = True
+
+    def samples(self) -> list[tuple[float, float]]:
+        """(due time in s from the start of the measured window, latency in ms) of every
+        measured response, in the order they arrived."""
+        return [
+            (due, latency * 1000) for due, latency in zip(self._due, self._latencies, strict=True)
+        ]
 
     def run(self) -> Report:
         for _ in range(self.report.connections):
@@ -270,6 +281,7 @@ class OpenLoop:
         self._in_flight -= 1
         if connection.due >= self._measure_from:
             self._latencies.append(now - connection.due)
+            self._due.append(connection.due - self._measure_from)
             self._services.append(now - connection.sent)
             self._statuses[connection.parser.get_status_code()] += 1
         if not connection.keep_alive:
@@ -345,6 +357,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--header", type=parse_header, action="append", default=[])
     parser.add_argument("--drain-s", type=float, default=5.0)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--samples", type=Path, help="write 'due_s latency_ms' of every response to this file"
+    )
     args = parser.parse_args(argv)
     run = OpenLoop(
         args.url,
@@ -358,6 +373,9 @@ def main(argv: list[str] | None = None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: run.stop())
     report = run.run()
+    if args.samples is not None:
+        lines = (f"{due:.6f} {latency:.3f}\n" for due, latency in run.samples())
+        args.samples.write_text("".join(lines))
     if args.json:
         print(json.dumps(asdict(report)))
         return

@@ -515,16 +515,17 @@ def print_report(report: dict[str, Any], out: Any) -> None:
     )
     load = facts["load_average_before"]
     say(f"load average before the run: {load[0]} {load[1]} {load[2]} (1, 5, 15 min)")
-    if "other_cpu_percent" in report:
-        per_run = [x for t in report["throughput"].values() for x in t.other_cpu_percent]
-        say(
-            f"CPU used by other processes during the comparison: "
-            f"{report['other_cpu_percent']:.1f}% of the machine (per wrk run: median "
-            f"{statistics.median(per_run):.1f}%, max {max(per_run):.1f}%)"
-        )
-        if report["other_cpu_percent"] > 10:
-            say("WARNING: the machine was not quiet; compare these figures with care")
     throughput: dict[str, Throughput] | None = report.get("throughput")
+    if throughput:
+        per_run = [x for t in throughput.values() for x in t.other_cpu_percent]
+        say(
+            "CPU used by other processes during the wrk runs: mean "
+            f"{statistics.mean(per_run):.1f}% of the machine, median "
+            f"{statistics.median(per_run):.1f}%, max {max(per_run):.1f}% "
+            "(what the benchmark's processes left idle, others may take)"
+        )
+        if statistics.median(per_run) > 10:
+            say("WARNING: the machine was not quiet; compare these figures with care")
     if throughput:
         settings = report["settings"]
         say()
@@ -676,7 +677,6 @@ def main(argv: list[str] | None = None) -> None:
             neighbours.wait_quiet(args.quiet_below, args.quiet_wait_s)
 
         if args.rounds:
-            mark = neighbours.mark()
             report["throughput"] = measure_throughput(env, load, args.rounds, quiet)
             if args.latency_rounds:
                 report["latency"] = measure_added_latency(
@@ -687,7 +687,6 @@ def main(argv: list[str] | None = None) -> None:
                     args.connections,
                     quiet,
                 )
-            report["other_cpu_percent"] = neighbours.percent_since(mark)
             report["gateway_rss_mb"] = {
                 name: round(rss_mb(pid), 1) for name, pid in env.gateway_pids.items()
             }
