@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: test run lint format system-deps venv bench clean
+.PHONY: test run lint format system-deps bench-deps venv bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,8 +49,25 @@ run: $(STAMP)
 	$(BIN)/kairos-ui --gateway http://127.0.0.1:5901 --port 5902 & \
 	wait
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+# Debian packages the benchmarks use: wrk, and nginx (the backend and the reference proxy).
+bench-deps:
+	@missing=""; \
+	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
+	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+# The comparison (about 5 minutes on 2 cores); see BENCHMARKS.md. Options: BENCH_ARGS=...
+BENCH_ARGS ?= --idle-connections 10000 --swaps 20
+bench: $(STAMP) bench-deps
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+# Ten minutes of mixed traffic through one gateway, a line per minute. Options: SOAK_ARGS=...
+SOAK_ARGS ?= --minutes 10
+soak: $(STAMP)
+	$(BIN)/python benchmarks/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
