@@ -14,12 +14,11 @@ One gateway (access log on by default) in front of two test upstreams
 - ``vanish``: two clients start a 16 MiB ``GET /download`` and drop the connection after
   64 KiB; one more sends 8 KiB of a 1 MiB upload and drops it.
 
-Each minute: the gateway's RSS, open fds and threads (``/proc``), requests in flight and the
-minute's requests by status class (``GET /api/metrics``, deltas), and what the clients saw. The
-gateway's asyncio task count cannot be read from outside the process on Python 3.11 (py-spy
-dumps threads, not tasks; ``python -m asyncio ps`` arrived in 3.14), so it is not shown: in-flight
-requests and open fds are what a task leak would drive up. At the end the traffic stops, and
-after 5 quiet seconds RSS and fds are read once more against the first minute's. Not part of the
+Each minute: the gateway's RSS, open fds and threads (``/proc``), its live asyncio tasks
+(``kairos_event_loop_tasks`` on ``/metrics``), requests in flight and the minute's requests by
+status class (``GET /api/metrics``, deltas), and what the clients saw. At the end the traffic
+stops, and after 5 quiet seconds RSS, fds and tasks are read once more against the first
+minute's. Not part of the
 test run.
 """
 
@@ -32,6 +31,7 @@ import itertools
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -221,6 +221,7 @@ class Minute:
     rss_mb: float
     fds: int
     threads: int
+    tasks: int
     in_flight: int
     requests: int
     status_classes: dict[str, int]
@@ -232,6 +233,14 @@ def metrics(admin_url: str) -> dict[str, Any]:
     with httpx.Client(timeout=30, trust_env=False) as client:
         data: dict[str, Any] = client.get(f"{admin_url}/api/metrics").json()
         return data
+
+
+def event_loop_tasks(admin_url: str) -> int:
+    """The gateway's live asyncio tasks, as its last 1-second tick counted them."""
+    with httpx.Client(timeout=30, trust_env=False) as client:
+        text = client.get(f"{admin_url}/metrics").text
+    found = re.search(r"^kairos_event_loop_tasks (\S+)$", text, re.MULTILINE)
+    return int(float(found.group(1))) if found else -1
 
 
 async def soak(args: argparse.Namespace) -> list[Minute]:
@@ -253,7 +262,8 @@ async def soak(args: argparse.Namespace) -> list[Minute]:
         flush=True,
     )
     print(
-        f"{'min':>5s} {'RSS MB':>7s} {'fds':>5s} {'thr':>3s} {'in-fl':>5s} {'requests':>9s} "
+        f"{'min':>5s} {'RSS MB':>7s} {'fds':>5s} {'thr':>3s} {'tasks':>5s} {'in-fl':>5s} "
+        f"{'requests':>9s} "
         f"{'2xx':>7s} {'3xx':>4s} {'4xx':>5s} {'5xx':>6s}  flaky phases  client errors",
         flush=True,
     )
@@ -281,6 +291,7 @@ async def soak(args: argparse.Namespace) -> list[Minute]:
                 rss_mb=round(rss_mb(pid), 1),
                 fds=open_fds(pid),
                 threads=thread_count(pid),
+                tasks=await asyncio.to_thread(event_loop_tasks, gateway.admin_url),
                 in_flight=after["in_flight"],
                 requests=after["requests_total"] - before["requests_total"],
                 status_classes={
@@ -301,10 +312,11 @@ async def soak(args: argparse.Namespace) -> list[Minute]:
     await asyncio.to_thread(flaky.control)  # back to ok: hung requests end
     await asyncio.sleep(5)
     rest_rss, rest_fds = rss_mb(pid), open_fds(pid)
+    rest_tasks = await asyncio.to_thread(event_loop_tasks, gateway.admin_url)
     gateway.process.stop()
     healthy.stop()
     flaky.stop()
-    print(summary(minutes, rest_rss, rest_fds, traffic.vanished), flush=True)
+    print(summary(minutes, rest_rss, rest_fds, rest_tasks, traffic.vanished), flush=True)
     return minutes
 
 
@@ -316,14 +328,17 @@ def format_minute(row: Minute) -> str:
         if tally.errors
     )
     return (
-        f"{row.minute:5.1f} {row.rss_mb:7.1f} {row.fds:5d} {row.threads:3d} {row.in_flight:5d} "
+        f"{row.minute:5.1f} {row.rss_mb:7.1f} {row.fds:5d} {row.threads:3d} {row.tasks:5d} "
+        f"{row.in_flight:5d} "
         f"{row.requests:9,d} {classes.get('2xx', 0):7,d} {classes.get('3xx', 0):4,d} "
         f"{classes.get('4xx', 0):5,d} {classes.get('5xx', 0):6,d}  "
         f"{'/'.join(row.phases):12s}  {errors or '-'}"
     )
 
 
-def summary(minutes: list[Minute], rest_rss: float, rest_fds: int, vanished: int) -> str:
+def summary(
+    minutes: list[Minute], rest_rss: float, rest_fds: int, rest_tasks: int, vanished: int
+) -> str:
     if not minutes:
         return "no complete minute"
     first, last = minutes[0], minutes[-1]
@@ -343,6 +358,8 @@ def summary(minutes: list[Minute], rest_rss: float, rest_fds: int, vanished: int
             f"{last.minute:g} "
             f"(min {min(m.fds for m in minutes)}, max {max(m.fds for m in minutes)}), "
             f"{rest_fds} at rest",
+            f"  asyncio tasks {first.tasks} after minute {first.minute:g}, {last.tasks} after "
+            f"minute {last.minute:g} (max {max(m.tasks for m in minutes)}), {rest_tasks} at rest",
         ]
     )
 

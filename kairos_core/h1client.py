@@ -132,6 +132,9 @@ class _Connection(asyncio.Protocol):
                 self._fail(UpstreamError("reset", "upstream closed the connection", sent=True))
         if self._drain is not None and not self._drain.done():
             self._drain.set_exception(ConnectionResetError("connection lost while writing"))
+        # the parser refers back to this protocol: dropping it breaks the cycle, so a connection
+        # given up mid-body frees its buffered chunks now, not at the next full collection
+        self._parser = None
 
     def pause_writing(self) -> None:
         self._drain = self._loop.create_future()

@@ -13,8 +13,9 @@ Counting rules:
   head minus the time spent waiting on upstreams, i.e. what Kairos itself added;
 - rates are over the last 1, 10 and 60 seconds; percentiles and error rates over the last 60 s;
   history keeps one point per second for ``HISTORY_SECONDS`` (20 minutes). Per-second latency
-  samples are capped (``MAX_SAMPLES_PER_SECOND``, reservoir sampling), so memory is bounded
-  whatever the traffic.
+  samples are capped (``MAX_SAMPLES_PER_SECOND``, reservoir sampling) and kept only while the
+  60-second window needs them: an older second keeps its point (p50, p99, overhead p50) and drops
+  its samples, so memory is bounded whatever the traffic, and small.
 
 Observation stays off the response path: :meth:`Metrics.observe` only appends the sample (with
 its time) to a pending list; :meth:`Metrics.fold` moves pending samples into the Prometheus
@@ -94,6 +95,20 @@ class _Second:
     overheads_ms: list[float] = field(default_factory=list)
     seen: int = 0
     in_flight: int = 0
+    point: tuple[float, float, float] | None = None  # (p50, p99, overhead p50) once compacted
+
+    def summary(self) -> tuple[float, float, float]:
+        """This second's latency p50 and p99 and overhead p50, in ms."""
+        if self.point is not None:
+            return self.point
+        latency = percentiles(self.latencies_ms)
+        return latency.p50, latency.p99, percentiles(self.overheads_ms).p50
+
+    def compact(self) -> None:
+        """Keep the point, drop the samples (the second has left the 60-second window)."""
+        self.point = self.summary()
+        self.latencies_ms = []
+        self.overheads_ms = []
 
     def add(
         self, latencies_ms: list[float], overheads_ms: list[float], errors: int, rng: random.Random
@@ -102,6 +117,8 @@ class _Second:
         every request of the second equally likely to be kept)."""
         self.requests += len(latencies_ms)
         self.errors += errors
+        if self.point is not None:  # a very late sample: counted, its latency no longer kept
+            return
         kept, overheads = self.latencies_ms, self.overheads_ms
         room = MAX_SAMPLES_PER_SECOND - len(kept)
         if room >= len(latencies_ms):
@@ -145,6 +162,16 @@ class _Window:
     def last(self, now: float, seconds: int) -> list[_Second]:
         horizon = int(now) - seconds
         return [s for s in self._seconds if s.t > horizon]
+
+    def compact(self, now: float, keep_s: int) -> None:
+        """Compact every second older than ``keep_s`` (newest first, stopping at the first
+        already compacted: each second is compacted once)."""
+        horizon = int(now) - keep_s
+        for bucket in reversed(self._seconds):
+            if bucket.t < horizon:
+                if bucket.point is not None:
+                    return
+                bucket.compact()
 
     def closed(self, now: float, seconds: int) -> list[_Second]:
         """Complete seconds only (the current one is still filling)."""
@@ -341,6 +368,9 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge("kairos_in_flight_requests", "Requests in flight", registry=r)
+        self.tasks = Gauge(
+            "kairos_event_loop_tasks", "asyncio tasks alive in the gateway's event loop", registry=r
+        )
         self.ai_decisions = Counter(
             "kairos_ai_decisions_total", "AI routing decisions", ["route", "source"], registry=r
         )
@@ -510,11 +540,18 @@ class Metrics:
     def reload(self, result: str) -> None:
         self.reloads.labels(result).inc()
 
-    def tick(self, in_flight: int) -> None:
-        """Once a second: fold, and note in-flight for the history point of the second filling."""
+    def tick(self, in_flight: int, tasks: int = 0) -> None:
+        """Once a second: fold, and note in-flight for the history point of the second filling.
+
+        ``tasks`` (the event loop's live asyncio tasks) is served as a gauge only: a task leak
+        shows as a count that grows while traffic is steady.
+        """
         self.fold()
-        self._window.current(self._clock()).in_flight = in_flight
+        now = self._clock()
+        self._window.current(now).in_flight = in_flight
+        self._window.compact(now, WINDOW_SECONDS + 2)
         self.in_flight.set(in_flight)
+        self.tasks.set(tasks)
 
     def set_backend_gauges(self, states: Iterable[tuple[str, int, bool]]) -> None:
         """Per backend: breaker state code (0 closed, 1 open, 2 half-open) and health."""
@@ -593,15 +630,15 @@ class Metrics:
         seconds = max(1, min(seconds, HISTORY_SECONDS))
         points = []
         for s in self._window.closed(self._clock(), seconds):
-            ordered = percentiles(s.latencies_ms)
+            p50, p99, overhead_p50 = s.summary()
             points.append(
                 HistoryPoint(
                     t=float(s.t),
                     requests=s.requests,
                     errors=s.errors,
-                    p50_ms=ordered.p50,
-                    p99_ms=ordered.p99,
-                    overhead_p50_ms=percentiles(s.overheads_ms).p50,
+                    p50_ms=p50,
+                    p99_ms=p99,
+                    overhead_p50_ms=overhead_p50,
                     in_flight=s.in_flight,
                 )
             )

@@ -381,6 +381,7 @@ class ProxyProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        self._parser = None  # it refers back to this protocol: no cycle left for the collector
         self._listener.forget(self)
         self._drop_timer()
         self._wake_drain()

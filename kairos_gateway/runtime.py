@@ -347,7 +347,7 @@ class GatewayRuntime:
         self.metrics.set_backend_gauges(
             (b.backend, _STATE_CODES[b.state], shared.healthy(b.backend)) for b in shared.breakers
         )
-        self.metrics.tick(shared.in_flight.total())
+        self.metrics.tick(shared.in_flight.total(), len(asyncio.all_tasks()))
 
     def _configure_health(self) -> None:
         if self.shared.health is not None:

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import json
 import socket
 import struct
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Literal
 
@@ -885,3 +887,27 @@ async def test_h1_a_body_that_has_arrived_is_read_whole_at_once(h1: H1Upstream) 
         response = await h1.send(upstream_request(server.url))
         assert await response.read() == b"ok"
         await response.close()
+
+
+async def test_h1_a_connection_given_up_mid_body_is_freed_at_once(h1: H1Upstream) -> None:
+    """Its buffered chunks go when the connection closes, by reference counting: the parser's
+    reference back to the protocol is dropped, so a client that vanishes mid-download leaves no
+    cycle holding up to ``HIGH_WATER_BYTES`` until the next full collection (the gateway runs
+    the collector rarely)."""
+    big = b"HTTP/1.1 200 OK\r\nContent-Length: 4194304\r\n\r\n" + b"x" * 4_194_304
+    async with RawServer(keep_alive_server(lambda head: big)) as server:
+        response = await h1.send(upstream_request(server.url))
+        assert await anext(response.iter_chunks())
+        await asyncio.sleep(0.05)  # the buffer fills to the high-water mark
+        conn = weakref.ref(response._conn)  # type: ignore[attr-defined]
+        gc.disable()
+        try:
+            await response.close()
+            del response
+            for _ in range(20):  # the transport reports the loss on a later loop turn
+                await asyncio.sleep(0.01)
+                if conn() is None:
+                    break
+            assert conn() is None, "the connection is kept alive by a reference cycle"
+        finally:
+            gc.enable()

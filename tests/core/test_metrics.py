@@ -277,6 +277,31 @@ def test_history_is_capped_at_history_seconds(metrics: Metrics, clock: FakeClock
     assert len(metrics._window._seconds) <= HISTORY_SECONDS + 2  # memory bounded too
 
 
+def test_a_second_past_the_window_keeps_its_point_and_drops_its_samples(
+    metrics: Metrics, clock: FakeClock
+) -> None:
+    first = int(clock.now)
+    metrics.tick(0)
+    observe_many(
+        metrics,
+        [sample(duration_s=ms / 1000, overhead_s=ms / 10_000) for ms in range(1, 101)],
+    )
+    clock.advance(1)
+    before = metrics.history(60)[0]
+
+    for _ in range(WINDOW_SECONDS + 5):
+        metrics.tick(0)
+        clock.advance(1)
+
+    oldest = metrics._window._seconds[0]
+    assert oldest.t == first
+    assert oldest.latencies_ms == [] and oldest.overheads_ms == []
+    assert metrics.history(HISTORY_SECONDS)[0] == before
+    assert (before.p50_ms, before.p99_ms, before.overhead_p50_ms) == (51.0, 100.0, 5.1)
+    recent = metrics._window._seconds[-3]
+    assert recent.point is None  # still inside the window: samples kept
+
+
 # --- bounded memory -------------------------------------------------------------------------
 
 
@@ -379,13 +404,14 @@ def test_transitions_and_reloads_appear_in_the_prometheus_output(metrics: Metric
 
 def test_gauges_for_breakers_health_in_flight_and_build(metrics: Metrics) -> None:
     metrics.set_backend_gauges([(BACKEND, 1, False), (OTHER, 2, True)])
-    metrics.tick(in_flight=7)
+    metrics.tick(in_flight=7, tasks=12)
 
     assert value(metrics, "kairos_circuit_state", backend=BACKEND) == 1
     assert value(metrics, "kairos_circuit_state", backend=OTHER) == 2
     assert value(metrics, "kairos_backend_healthy", backend=BACKEND) == 0
     assert value(metrics, "kairos_backend_healthy", backend=OTHER) == 1
     assert value(metrics, "kairos_in_flight_requests") == 7
+    assert value(metrics, "kairos_event_loop_tasks") == 12
     assert value(metrics, "kairos_build_info", version="9.9.9") == 1
 
 

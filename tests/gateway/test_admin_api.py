@@ -328,6 +328,19 @@ def test_prometheus_text_has_every_design_metric(admin: httpx.Client, stack: Sta
     assert sample(after, "kairos_in_flight_requests") == 0
 
 
+def test_the_event_loop_task_gauge_counts_live_tasks(admin: httpx.Client) -> None:
+    """``kairos_event_loop_tasks`` is set by the 1-second tick: the gateway always runs some
+    (the tick itself, the config watcher), so a live process never reports zero."""
+    deadline = time.monotonic() + 3
+    tasks = None
+    while time.monotonic() < deadline:
+        tasks = sample(scrape(admin)[1], "kairos_event_loop_tasks")
+        if tasks:
+            break
+        time.sleep(0.2)
+    assert tasks is not None and 2 <= tasks < 1000, tasks
+
+
 def test_route_label_is_the_route_id_never_a_raw_path(admin: httpx.Client, stack: Stack) -> None:
     assert get_many(stack.gateway, "/items/1", 1) == [200]
     assert get_many(stack.gateway, "/items/2", 2) == [200, 200]
