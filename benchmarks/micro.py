@@ -94,17 +94,22 @@ def main() -> None:
     )
     keys = (LimitKey("PerIP", "kairos:global:ip=192.0.2.1"),)
     loop = asyncio.new_event_loop()
+
+    async def checks(policy: RateLimitConfig, count: int) -> None:
+        for _ in range(count):
+            await limiter.check(policy, keys)
+
+    def per_check_us(policy: RateLimitConfig, count: int = 20_000) -> float:
+        """Awaited from one coroutine, as the pipeline does (no event loop entry per call)."""
+        runs = []
+        for _ in range(5):
+            started = time.perf_counter()
+            loop.run_until_complete(checks(policy, count))
+            runs.append((time.perf_counter() - started) / count * 1e6)
+        return statistics.median(runs)
+
     for name, policy in (("fixed window", fixed), ("token bucket", bucket)):
-        rows.append(
-            (
-                f"rate-limit check, {name}",
-                per_call_us(
-                    lambda policy=policy: loop.run_until_complete(limiter.check(policy, keys)),
-                    5_000,
-                ),
-                "µs (incl. one run_until_complete)",
-            )
-        )
+        rows.append((f"rate-limit check, {name}", per_check_us(policy), "µs"))
 
     state = compile_state(parse_config(json.dumps(config(10)), environ={}))
     shared = state.shared

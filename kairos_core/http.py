@@ -200,7 +200,9 @@ class ProxyResponse:
 
     ``on_close`` runs once after the body is sent or abandoned (it releases the upstream
     connection and finishes the request's bookkeeping). ``websocket`` is set for an accepted
-    WebSocket route: the adapter completes the client handshake and relays frames to it.
+    WebSocket route: the adapter completes the client handshake and relays frames to it. The
+    adapter sets ``abandoned`` when the client went away before the whole body was sent: the
+    request keeps the status it was answered with and is recorded as ``client_closed``.
     """
 
     status: int
@@ -208,6 +210,7 @@ class ProxyResponse:
     body: bytes | AsyncIterator[bytes] = b""
     websocket: UpstreamWebSocket | None = None
     on_close: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
+    abandoned: bool = False
 
     async def close(self) -> None:
         callback, self.on_close = self.on_close, None

@@ -698,6 +698,8 @@ class Pipeline:
         record.duration_s = time.perf_counter() - record.started
         if isinstance(response.body, bytes):
             record.bytes_sent = len(response.body)
+        if response.abandoned and record.error_type is None:
+            record.error_type = "client_closed"
         if ctx.decision is not None:
             ctx.state.shared.ai.finish(ctx.decision, record.status, record.upstream_s)
         if self._on_record is not None:

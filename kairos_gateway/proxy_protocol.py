@@ -706,7 +706,7 @@ class ProxyProtocol(asyncio.Protocol):
         try:
             await self._respond(exchange, result)
         except asyncio.CancelledError:
-            pass  # the client went away mid-response
+            result.abandoned = True  # the client went away mid-response
         except Exception:
             log.exception("answering %s %s failed", request.method, request.raw_path)
             if self._transport is not None and not self._lost:

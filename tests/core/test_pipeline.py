@@ -236,6 +236,20 @@ async def test_a_retry_goes_to_the_backend_not_tried_yet() -> None:
     assert (record.attempts, record.retries) == (2, ["status_503"])
 
 
+async def test_a_response_its_client_abandoned_keeps_its_status_and_is_client_closed() -> None:
+    harness = Harness(lambda call: Reply())
+    for abandoned in (False, True):
+        request = ProxyRequest("GET", "/retried", "", [("Host", "gw.test")], "192.0.2.1")
+        response = await harness.pipeline.handle(request)
+        response.abandoned = abandoned  # what the listener sets when the client went away
+        await response.close()
+
+    assert [(r.status, r.error_type) for r in harness.records] == [
+        (200, None),
+        (200, "client_closed"),
+    ]
+
+
 async def test_a_small_body_cut_short_fails_the_attempt_and_is_retried() -> None:
     harness = Harness(lambda call: Reply(cut=call.origin == A))
     response = await harness.send("GET", "/retried")

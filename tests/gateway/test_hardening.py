@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -188,6 +189,35 @@ def test_an_abandoned_request_is_logged_and_counted_as_499(
         metrics = admin.get("/api/metrics").json()
     assert metrics["requests_total"] == 1
     assert metrics["status_classes"] == {"4xx": 1}
+
+
+def test_a_download_its_client_abandoned_keeps_its_status_and_is_logged_client_closed(
+    gateway_factory: GatewayFactory, upstream_factory: UpstreamFactory
+) -> None:
+    """The 200 was sent, so it stays 200 (nginx logs the same), but the access log says the
+    body was cut short by the client, with the bytes that went out."""
+    upstream = upstream_factory("downloads")
+    gateway = gateway_factory({"routers": [route("/big", "/_download", [upstream.url])]})
+    host, port = gateway.url.removeprefix("http://").split(":")
+
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"GET /big?bytes=16777216 HTTP/1.1\r\nHost: t\r\n\r\n")
+        received = 0
+        while received < 64 * 1024:
+            data = sock.recv(64 * 1024)
+            assert data
+            received += len(data)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    def access_lines() -> list[str]:
+        lines = gateway.process.log_text().splitlines()
+        return [line for line in lines if "kairos.access" in line and "path=/big" in line]
+
+    wait_until(lambda: bool(access_lines()), 2.5, "the access log line")
+    [line] = access_lines()
+    fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+    assert (fields["status"], fields["error"]) == ("200", "client_closed")
+    assert 64 * 1024 <= int(fields["bytes"]) < 16 * 1024 * 1024
 
 
 # --- a small body that stalls ------------------------------------------------------------------
