@@ -127,19 +127,7 @@ class Dashboard:
         return self._page(request, "overview.html", "overview", link=problem, charts=charts)
 
     async def routes(self, request: Request) -> HTMLResponse:
-        return self._page(
-            request,
-            "routes.html",
-            "routes",
-            form=RouteForm(),
-            mode="create",
-            issues=[],
-            message=None,
-            ok=False,
-            original_id=None,
-            config_version=None,
-            choices=self.state.route_choices,
-        )
+        return self._page(request, "routes.html", "routes", **self._form_context(RouteForm()))
 
     async def backends(self, request: Request) -> HTMLResponse:
         return self._page(request, "backends.html", "backends")
@@ -220,30 +208,27 @@ class Dashboard:
 
     # --- routes ---------------------------------------------------------------------------------
 
-    def _route_form(
-        self,
-        request: Request,
-        form: RouteForm,
-        *,
-        mode: str = "create",
-        issues: list[FormIssue] | None = None,
-        message: str | None = None,
-        ok: bool = False,
-        original_id: str | None = None,
-        config_version: str | None = None,
-    ) -> HTMLResponse:
+    def _route_form(self, request: Request, form: RouteForm, **given: Any) -> HTMLResponse:
+        """The route form fragment; ``given`` overrides :meth:`_form_context`'s defaults."""
         return self._fragment(
-            request,
-            "fragments/route_form.html",
-            form=form,
-            mode=mode,
-            issues=issues or [],
-            message=message,
-            ok=ok,
-            original_id=original_id,
-            config_version=config_version,
-            choices=self.state.route_choices,
+            request, "fragments/route_form.html", **self._form_context(form, **given)
         )
+
+    def _form_context(self, form: RouteForm, **given: Any) -> dict[str, Any]:
+        """What the route form's template reads; the routes page embeds the same form empty."""
+        context: dict[str, Any] = {
+            "form": form,
+            "mode": "create",
+            "issues": [],
+            "message": None,
+            "ok": False,
+            "original_id": None,
+            "config_version": None,
+        }
+        context.update(given)
+        context["issues"] = context["issues"] or []
+        context["choices"] = self.state.route_choices
+        return context
 
     async def route_form(self, request: Request) -> HTMLResponse:
         """``?id=`` → the edit form of that route; no id → an empty create form."""
