@@ -368,6 +368,12 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge("kairos_in_flight_requests", "Requests in flight", registry=r)
+        self.workers = Gauge(
+            "kairos_workers",
+            "Processes serving the proxy port (server.workers, less any that died)",
+            registry=r,
+        )
+        self.workers.set(1)
         self.tasks = Gauge(
             "kairos_event_loop_tasks", "asyncio tasks alive in the gateway's event loop", registry=r
         )

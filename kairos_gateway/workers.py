@@ -24,6 +24,10 @@ worker that has not caught up by then still reloads the file when it gets to it)
 200 once every worker has started; under ``on_redis_error: deny`` it is 503 while the link of
 any worker, or of the admin process, is down. At SIGTERM the admin process answers ``/ready``
 with 503 at once and keeps answering until the workers have stopped.
+
+A worker that ends without saying goodbye (killed, crashed) is not restarted: the others keep
+serving the port. The admin process notices within ``REPORT_EVERY_S``, logs it at ERROR and
+forgets it; ``kairos_workers`` counts the workers still serving.
 """
 
 from __future__ import annotations
@@ -218,6 +222,7 @@ class AdminCollector:
         self._running: set[int] = set()
         self._versions: dict[int, str] = {}
         self._heard = asyncio.Event()
+        self._watch: asyncio.Task[None] | None = None
 
     def attach(self) -> None:
         """Make the runtime the instance's view (before it starts)."""
@@ -225,6 +230,7 @@ class AdminCollector:
         runtime.shared.in_flight = self.in_flight
         runtime.serves_proxy = False
         runtime.listening = False  # until every worker has started
+        runtime.metrics.workers.set(0)
         runtime.propagate = self.propagate
 
     async def start(self) -> None:
@@ -233,6 +239,26 @@ class AdminCollector:
             target=self._read, args=(loop,), name="kairos-worker-feed", daemon=True
         )
         reader.start()
+        self._watch = loop.create_task(self._watch_workers(), name="kairos-worker-watch")
+
+    async def _watch_workers(self) -> None:
+        while True:
+            await asyncio.sleep(REPORT_EVERY_S)
+            self.check_workers()
+
+    def check_workers(self) -> None:
+        """A worker gone without its goodbye (killed, crashed): logged at ERROR and forgotten."""
+        if self._runtime.draining:
+            return  # stopping: workers leave, some may be cut short
+        for pid in [p for p in self._running if not _alive(p)]:
+            self._forget(pid)
+            log.error(
+                "worker %d exited without stopping (killed or crashed) and is not restarted: "
+                "%d of %d workers serve the proxy port",
+                pid,
+                len(self._running),
+                self._workers,
+            )
 
     async def propagate(self, version: str) -> None:
         """Have every live worker reload the file, and wait until each runs ``version``."""
@@ -258,6 +284,8 @@ class AdminCollector:
 
     async def workers_stopped(self, timeout_s: float) -> None:
         """Return once no worker runs (or after ``timeout_s``)."""
+        if self._watch is not None:
+            self._watch.cancel()  # workers leave now; none of them is lost
         deadline = time.monotonic() + timeout_s
         while any(_alive(pid) for pid in self._running) and time.monotonic() < deadline:
             self._heard.clear()
@@ -293,15 +321,27 @@ class AdminCollector:
         elif kind == "hello":
             self._started.add(pid)
             self._running.add(pid)
+            runtime.metrics.workers.set(len(self._running))
             runtime.listening = len(self._started) >= self._workers
+            log.info(
+                "worker %d serves the proxy port (%d of %d)",
+                pid,
+                len(self._running),
+                self._workers,
+            )
         elif kind == "bye":
-            self._running.discard(pid)
-            self._versions.pop(pid, None)
-            self.in_flight.forget(pid)
-            runtime.peer_links.pop(pid, None)
-            if runtime.cluster_metrics is not None:
-                runtime.cluster_metrics.forget(pid)
+            self._forget(pid)
         self._heard.set()
+
+    def _forget(self, pid: int) -> None:
+        runtime = self._runtime
+        self._running.discard(pid)
+        self._versions.pop(pid, None)
+        self.in_flight.forget(pid)
+        runtime.peer_links.pop(pid, None)
+        if runtime.cluster_metrics is not None:
+            runtime.cluster_metrics.forget(pid)
+        runtime.metrics.workers.set(len(self._running))
 
     def _link(self, pid: int, up: bool) -> None:
         """A worker's Redis link, from its transitions and its state reports (the first
@@ -373,6 +413,13 @@ def serve_admin_process(
 
 
 def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            if stat.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
+                return False
+    except OSError:
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -8,6 +8,8 @@ draws its own request-id prefix, which is how a test knows that both served.
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -238,6 +240,28 @@ def test_sigterm_stops_every_process(instance: Gateway) -> None:
     code = instance.process.stop(signal.SIGTERM, timeout_s=10)
     assert code == 0, instance.process.log_text()[-2000:]
     assert "Traceback" not in instance.process.log_text()
+
+
+def test_a_worker_that_dies_is_logged_and_counted_and_the_other_keeps_serving(
+    instance: Gateway,
+) -> None:
+    until_both_workers(instance, "/plain")
+    assert prometheus_sum(instance, "kairos_workers ") == 2
+    pids = [
+        int(p)
+        for p in re.findall(r"worker (\d+) serves the proxy port", instance.process.log_text())
+    ]
+    assert len(pids) == 2, instance.process.log_text()[-2000:]
+
+    os.kill(pids[0], signal.SIGKILL)
+
+    wait_until(
+        lambda: f"worker {pids[0]} exited without stopping" in instance.process.log_text(),
+        5,
+        "the ERROR line about the lost worker",
+    )
+    assert prometheus_sum(instance, "kairos_workers ") == 1
+    assert [get(instance, "/plain").status_code for _ in range(20)] == [200] * 20
 
 
 def test_kairos_validate_accepts_the_config_the_gateway_runs_with_two_workers(
