@@ -885,12 +885,16 @@ def test_the_admin_listener_is_not_rate_limited(secured: Gateway) -> None:
     assert answers == [200] * 40
 
 
-def test_a_public_admin_listener_without_token_refuses_to_start(tmp_path: Path) -> None:
+def start_without_token(
+    tmp_path: Path, admin_host: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """The gateway started with no admin token (config admin host ``admin_host``, extra command
+    line ``args``); it must exit having bound neither port."""
     proxy_port, admin_port = free_port(), free_port()
     config = {
         "version": 1,
         "server": {"host": "127.0.0.1", "port": proxy_port},
-        "admin": {"host": "0.0.0.0", "port": admin_port},
+        "admin": {"host": admin_host, "port": admin_port},
         "routers": [route("/x", "/x", ["http://127.0.0.1:9"])],
     }
     path = tmp_path / "cfg.json"
@@ -898,49 +902,34 @@ def test_a_public_admin_listener_without_token_refuses_to_start(tmp_path: Path) 
     env = {k: v for k, v in os.environ.items() if k != "KAIROS_ADMIN_TOKEN"}
 
     result = subprocess.run(
-        [sys.executable, "-m", "kairos_gateway", str(path)],
+        [sys.executable, "-m", "kairos_gateway", str(path), *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=30,
     )
+
+    for port in (proxy_port, admin_port):
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0
+    return result
+
+
+def test_a_public_admin_listener_without_token_refuses_to_start(tmp_path: Path) -> None:
+    result = start_without_token(tmp_path, "0.0.0.0")
 
     assert result.returncode != 0, result.stderr
     assert "admin.host" in result.stderr
     assert "token" in result.stderr
-    for port in (proxy_port, admin_port):
-        with socket.socket() as probe:
-            assert probe.connect_ex(("127.0.0.1", port)) != 0
 
 
 def test_admin_host_flag_off_loopback_without_token_refuses_to_start(tmp_path: Path) -> None:
     # The config alone is safe (loopback admin): only the flag moves the admin API off it.
-    proxy_port, admin_port = free_port(), free_port()
-    config = {
-        "version": 1,
-        "server": {"host": "127.0.0.1", "port": proxy_port},
-        "admin": {"host": "127.0.0.1", "port": admin_port},
-        "routers": [route("/x", "/x", ["http://127.0.0.1:9"])],
-    }
-    path = tmp_path / "cfg.json"
-    path.write_text(json.dumps(config))
-    env = {k: v for k, v in os.environ.items() if k != "KAIROS_ADMIN_TOKEN"}
-
-    result = subprocess.run(
-        [sys.executable, "-m", "kairos_gateway", str(path), "--admin-host", "0.0.0.0"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = start_without_token(tmp_path, "127.0.0.1", "--admin-host", "0.0.0.0")
 
     assert result.returncode == 1, result.stderr
     assert "'0.0.0.0'" in result.stderr and "token" in result.stderr, result.stderr
-    for port in (proxy_port, admin_port):
-        with socket.socket() as probe:
-            assert probe.connect_ex(("127.0.0.1", port)) != 0
 
 
 def test_route_test_and_the_config_schema_need_the_token(secured: Gateway) -> None:
